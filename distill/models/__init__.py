@@ -1,0 +1,107 @@
+"""Model registry, named presets and the cost report (parameters, MACs per frame)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from distill.dsp import StftConfig
+from distill.models.crn import CRN, CRNConfig
+
+MODELS: dict[str, tuple[type, type]] = {"crn": (CRNConfig, CRN)}
+
+# Named sizes of the CRN family. All share depth and frequency strides (161 -> 6 bins over five
+# layers), so teacher and student feature maps lie on the same time-frequency grid (Gram KD needs
+# that). The teacher spends most parameters in its GRUs, which cost one MAC per parameter per frame,
+# so it trains in hours on a CPU.
+PRESETS: dict[str, tuple[str, dict]] = {
+    "teacher": ("crn", dict(channels=(16, 32, 48, 64, 96), rnn_groups=4, rnn_layers=2)),
+    "student": ("crn", dict(channels=(8, 16, 24, 32, 32), rnn_groups=4, rnn_layers=1)),
+    "student-30k": ("crn", dict(channels=(4, 8, 12, 16, 16), rnn_groups=2, rnn_layers=1)),
+}
+
+
+def config_to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(name: str, d: dict):
+    cls = MODELS[name][0]
+    kwargs = dict(d)
+    if "stft" in kwargs and isinstance(kwargs["stft"], dict):
+        kwargs["stft"] = StftConfig(**kwargs["stft"])
+    for f in dataclasses.fields(cls):
+        if f.name in kwargs and isinstance(kwargs[f.name], list):
+            kwargs[f.name] = tuple(kwargs[f.name])
+    unknown = set(kwargs) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {name} config fields: {sorted(unknown)}")
+    return cls(**kwargs)
+
+
+def build(name: str, config=None, **overrides) -> nn.Module:
+    """Build a model by registry name (``crn``) or preset (``teacher``, ``student``, ...)."""
+    if name in PRESETS:
+        name, base = PRESETS[name]
+        config = MODELS[name][0](**{**base, **overrides})
+    elif name in MODELS:
+        config = config if config is not None else MODELS[name][0](**overrides)
+    else:
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS) + sorted(PRESETS)}")
+    return MODELS[name][1](config)
+
+
+def model_name(model: nn.Module) -> str:
+    for name, (_, cls) in MODELS.items():
+        if type(model) is cls:
+            return name
+    raise ValueError(f"{type(model).__name__} is not a registered model")
+
+
+@dataclass(frozen=True)
+class Cost:
+    params: int
+    macs_per_frame: int  # multiply-accumulates of conv and linear layers in one streaming step
+    frames_per_second: float
+
+    @property
+    def mmacs_per_second(self) -> float:
+        return self.macs_per_frame * self.frames_per_second / 1e6
+
+    def __str__(self) -> str:
+        return f"{self.params / 1e3:.1f} k params, {self.macs_per_frame / 1e3:.1f} k MACs/frame, {self.mmacs_per_second:.2f} MMAC/s"
+
+
+def cost(model: nn.Module) -> Cost:
+    """Parameters and MACs per frame, counted by running one streaming step with hooks on every
+    conv and linear layer, so the numbers follow the layer shapes actually executed. Element-wise
+    ops (activations, gates, mask) are not counted."""
+    macs = 0
+
+    def hook(m, inp, out):
+        nonlocal macs
+        x = inp[0]
+        if isinstance(m, nn.Linear):
+            macs += out.numel() * m.in_features
+        elif isinstance(m, nn.ConvTranspose2d):
+            k = m.kernel_size[0] * m.kernel_size[1]
+            macs += x.numel() * (m.out_channels // m.groups) * k
+        elif isinstance(m, nn.Conv2d):
+            k = m.kernel_size[0] * m.kernel_size[1]
+            macs += out.numel() * (m.in_channels // m.groups) * k
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            stft = model.config.stft
+            model.step(torch.zeros(1, stft.bins, 2), model.initial_state(1))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    params = sum(p.numel() for p in model.parameters())
+    return Cost(params, macs, model.config.stft.frames_per_second)

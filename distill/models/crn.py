@@ -1,0 +1,160 @@
+"""Causal convolutional recurrent network in the CRUSE style.
+
+Encoder convolutions stride over frequency, a grouped GRU models time at the bottleneck, and a
+mirrored decoder with additive (1x1-scaled) skips returns a bounded complex mask for the noisy
+spectrum. One class covers the ~1.5 M-parameter teacher and the 20-150 k students.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from distill.dsp import StftConfig
+from distill.models.layers import CausalConv, GroupedGRU
+
+
+@dataclass(frozen=True)
+class CRNConfig:
+    stft: StftConfig = field(default_factory=StftConfig)  # signal contract the model was trained on
+    channels: tuple[int, ...] = (16, 32, 64, 64)  # encoder widths; each layer halves the bins
+    rnn_groups: int = 4  # parallel GRUs at the bottleneck (CRUSE "P")
+    rnn_layers: int = 2  # stacked grouped GRUs
+    rnn_size: int | None = None  # GRU width; None keeps channels[-1] * bottleneck bins (no projection)
+    compress: float = 0.3  # power-law exponent applied to the input magnitude
+    slope: float = 0.2  # leaky-ReLU negative slope
+
+    def __post_init__(self):
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError(f"channels must be positive, got {self.channels}")
+        if self.rnn_layers < 1 or self.rnn_groups < 1:
+            raise ValueError("rnn_layers and rnn_groups must be >= 1")
+
+
+class CRN(nn.Module):
+    """Causal CRN returning a complex mask bounded to magnitude < 1.
+
+    Shape:
+        forward: spec [B, T, F, 2] -> mask [B, T, F, 2]
+        step: frame [B, F, 2], state -> (mask [B, F, 2], state)
+    with re/im in the last axis and F = config.stft.bins.
+    """
+
+    def __init__(self, config: CRNConfig):
+        super().__init__()
+        self.config = c = config
+        bins = [c.stft.bins]
+        widths = (3,) + tuple(c.channels)  # input features: compressed magnitude, re, im
+        self.encoder = nn.ModuleList()
+        for cin, cout in zip(widths[:-1], widths[1:]):
+            conv = CausalConv(cin, cout, bins[-1])
+            self.encoder.append(conv)
+            bins.append(conv.out_bins)
+        self.enc_norms = nn.ModuleList(nn.BatchNorm2d(ch) for ch in c.channels)
+        self.skips = nn.ModuleList(nn.Conv2d(ch, ch, 1) for ch in c.channels)
+
+        flat = c.channels[-1] * bins[-1]
+        size = c.rnn_size or flat
+        self.rnn_in = nn.Linear(flat, size) if c.rnn_size else None
+        self.rnns = nn.ModuleList(GroupedGRU(size, size, c.rnn_groups) for _ in range(c.rnn_layers))
+        self.rnn_out = nn.Linear(size, flat) if c.rnn_size else None
+
+        outs = (2,) + tuple(c.channels[:-1])  # decoder level l maps channels[l] -> outs[l]
+        self.decoder = nn.ModuleList(
+            CausalConv(c.channels[l], outs[l], bins[l + 1], transpose=True, out_bins=bins[l]) for l in range(len(c.channels))
+        )
+        self.dec_norms = nn.ModuleList(nn.BatchNorm2d(ch) for ch in outs[1:])
+        self.act = nn.LeakyReLU(c.slope)
+        self.bins = bins
+
+    def features(self, spec: torch.Tensor) -> torch.Tensor:
+        """Power-law compressed magnitude and compressed re/im, channels first.
+
+        Shape: spec [B, T, F, 2] -> [B, 3, T, F]
+        """
+        mag = spec.square().sum(-1, keepdim=True).add(1e-12).sqrt()  # [B, T, F, 1]
+        comp = mag.pow(self.config.compress)  # [B, T, F, 1]
+        feats = torch.cat([comp, spec * (comp / mag)], dim=-1)  # [B, T, F, 3]
+        return feats.permute(0, 3, 1, 2)  # [B, 3, T, F]
+
+    @staticmethod
+    def bound(z: torch.Tensor) -> torch.Tensor:
+        """Complex mask with magnitude tanh(|z|) and the phase of z.
+
+        Shape: z [B, 2, T, F] -> [B, T, F, 2]
+        """
+        r = z.square().sum(1, keepdim=True).add(1e-12).sqrt()  # [B, 1, T, F]
+        return (z * (torch.tanh(r) / r)).permute(0, 2, 3, 1)  # [B, T, F, 2]
+
+    def _bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """Flatten channels x bins per frame. Shape: [B, C, T, F] -> [B, T, C*F]"""
+        B, C, T, F = x.shape
+        return x.permute(0, 2, 1, 3).reshape(B, T, C * F)
+
+    def _unflatten(self, y: torch.Tensor) -> torch.Tensor:
+        """Shape: [B, T, C*F] -> [B, C, T, F]"""
+        B, T, _ = y.shape
+        return y.reshape(B, T, self.config.channels[-1], self.bins[-1]).permute(0, 2, 1, 3)
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        x = self.features(spec)  # [B, 3, T, F]
+        skips = []
+        for conv, norm in zip(self.encoder, self.enc_norms):
+            x = self.act(norm(conv(x)))  # [B, C_l, T, F_l]
+            skips.append(x)
+        y = self._bottleneck(x)  # [B, T, C*F]
+        if self.rnn_in is not None:
+            y = self.rnn_in(y)  # [B, T, H]
+        for rnn in self.rnns:
+            y, _ = rnn(y, rnn.initial_state(y.shape[0]).to(y))  # [B, T, H]
+        if self.rnn_out is not None:
+            y = self.rnn_out(y)  # [B, T, C*F]
+        x = self._unflatten(y)  # [B, C_L, T, F_L]
+        for l in reversed(range(len(self.decoder))):
+            x = self.decoder[l](x + self.skips[l](skips[l]))  # [B, C_{l-1}, T, F_{l-1}]
+            if l > 0:
+                x = self.act(self.dec_norms[l - 1](x))
+        return self.bound(x)  # [B, T, F, 2]
+
+    def initial_state(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
+        """Zero state: previous input frame of every encoder and decoder conv, then GRU hiddens."""
+        convs = [m.initial_state(batch) for m in self.encoder] + [m.initial_state(batch) for m in self.decoder]
+        return tuple(convs) + tuple(r.initial_state(batch) for r in self.rnns)
+
+    def state_names(self) -> tuple[str, ...]:
+        n_enc, n_dec = len(self.encoder), len(self.decoder)
+        return (
+            tuple(f"enc{i}_prev" for i in range(n_enc))
+            + tuple(f"dec{i}_prev" for i in range(n_dec))
+            + tuple(f"gru{i}_h" for i in range(len(self.rnns)))
+        )
+
+    def step(self, frame: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        n_enc, n_dec = len(self.encoder), len(self.decoder)
+        enc_prev, dec_prev = state[:n_enc], state[n_enc : n_enc + n_dec]
+        hidden = state[n_enc + n_dec :]
+        new_enc, new_dec, new_h = [], [None] * n_dec, []
+
+        x = self.features(frame.unsqueeze(1))  # [B, 3, 1, F]
+        skips = []
+        for conv, norm, prev in zip(self.encoder, self.enc_norms, enc_prev):
+            x, s = conv.step(x, prev)
+            x = self.act(norm(x))  # [B, C_l, 1, F_l]
+            new_enc.append(s)
+            skips.append(x)
+        y = self._bottleneck(x)[:, 0]  # [B, C*F]
+        if self.rnn_in is not None:
+            y = self.rnn_in(y)  # [B, H]
+        for rnn, h in zip(self.rnns, hidden):
+            y = rnn.step(y, h)  # [B, H]
+            new_h.append(y)
+        if self.rnn_out is not None:
+            y = self.rnn_out(y)  # [B, C*F]
+        x = self._unflatten(y.unsqueeze(1))  # [B, C_L, 1, F_L]
+        for l in reversed(range(n_dec)):
+            x, new_dec[l] = self.decoder[l].step(x + self.skips[l](skips[l]), dec_prev[l])
+            if l > 0:
+                x = self.act(self.dec_norms[l - 1](x))  # [B, C_{l-1}, 1, F_{l-1}]
+        mask = self.bound(x)[:, 0]  # [B, F, 2]
+        return mask, tuple(new_enc) + tuple(new_dec) + tuple(new_h)

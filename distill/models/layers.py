@@ -1,0 +1,112 @@
+"""Streaming building blocks shared by the models: every layer has a sequence ``forward`` and a
+one-frame ``step`` that takes and returns its state explicitly."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class CausalConv(nn.Module):
+    """Conv over frequency with a two-frame causal time kernel.
+
+    The step stacks the previous input frame on the channel axis and runs a (1, 3) kernel over it:
+    one plain convolution per frame, with the previous frame as explicit state. Over a sequence the
+    same weights are viewed as a (2, 3) kernel on a time-padded input, which is the same arithmetic
+    without copying every activation into a stacked tensor (twice as fast to train). Stride 2 over
+    frequency halves the bins (``transpose=False``) or doubles them back (``transpose=True``, with
+    ``out_bins`` fixing odd/even rounding).
+
+    Shape:
+        forward: x [B, C_in, T, F_in] -> [B, C_out, T, F_out]
+        step: x [B, C_in, 1, F_in], prev [B, C_in, 1, F_in] -> ([B, C_out, 1, F_out], x)
+    """
+
+    def __init__(self, cin: int, cout: int, in_bins: int, transpose: bool = False, out_bins: int | None = None):
+        super().__init__()
+        self.cin, self.in_bins = cin, in_bins
+        if transpose:
+            pad = out_bins - (2 * in_bins - 1)
+            if pad not in (0, 1):
+                raise ValueError(f"cannot upsample {in_bins} bins to {out_bins}")
+            self.conv = nn.ConvTranspose2d(2 * cin, cout, (1, 3), stride=(1, 2), padding=(0, 1), output_padding=(0, pad))
+            self.out_bins = out_bins
+        else:
+            self.conv = nn.Conv2d(2 * cin, cout, (1, 3), stride=(1, 2), padding=(0, 1))
+            self.out_bins = (in_bins - 1) // 2 + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, w = self.conv, self.conv.weight
+        if isinstance(c, nn.ConvTranspose2d):
+            # [2*C_in, C_out, 1, 3] -> [C_in, C_out, 2, 3]; time tap 0 acts on x[t], tap 1 on x[t-1]
+            w = w.view(2, self.cin, -1, 1, 3).flip(0).permute(1, 2, 0, 3, 4).reshape(self.cin, -1, 2, 3)
+            y = F.conv_transpose2d(x, w, c.bias, stride=c.stride, padding=c.padding, output_padding=c.output_padding)
+            return y[:, :, :-1]  # [B, C_out, T, F_out]; the extra frame would need x[T]
+        # [C_out, 2*C_in, 1, 3] -> [C_out, C_in, 2, 3]; time tap 0 acts on x[t-1], tap 1 on x[t]
+        w = w.view(-1, 2, self.cin, 1, 3).transpose(1, 2).reshape(-1, self.cin, 2, 3)
+        return F.conv2d(F.pad(x, (0, 0, 1, 0)), w, c.bias, stride=c.stride, padding=c.padding)  # [B, C_out, T, F_out]
+
+    def step(self, x: torch.Tensor, prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.conv(torch.cat([prev, x], dim=1)), x  # [B, C_out, 1, F_out]
+
+    def initial_state(self, batch: int = 1) -> torch.Tensor:
+        return torch.zeros(batch, self.cin, 1, self.in_bins)
+
+
+class GroupedGRU(nn.Module):
+    """A GRU split into ``groups`` independent cells over equal slices of input and hidden vectors.
+
+    Written from Linear ops (the equations of ``torch.nn.GRU``, reset gate applied after the hidden
+    projection) because exporters mishandle ``nn.GRU``, ONNX Runtime does not quantise it and
+    TFLite Micro has no GRU op. The sequence path batches the groups' recurrent matmuls into one
+    ``baddbmm`` per frame; the step path calls each group's Linear layers, which is what exports.
+
+    Shape:
+        forward: x [B, T, I], h [B, H] -> (y [B, T, H], h [B, H])
+        step: x [B, I], h [B, H] -> h [B, H]   (the output is the new hidden state)
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, groups: int):
+        super().__init__()
+        if input_size % groups or hidden_size % groups:
+            raise ValueError(f"GRU sizes {input_size}/{hidden_size} are not divisible by {groups} groups")
+        self.groups, self.hidden_size = groups, hidden_size
+        gi, gh = input_size // groups, hidden_size // groups
+        self.ih = nn.ModuleList(nn.Linear(gi, 3 * gh) for _ in range(groups))
+        self.hh = nn.ModuleList(nn.Linear(gh, 3 * gh) for _ in range(groups))
+
+    @staticmethod
+    def cell(xi: torch.Tensor, hh: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """One GRU update from the input projection ``xi`` and hidden projection ``hh`` (both 3*h wide)."""
+        xr, xz, xn = xi.chunk(3, dim=-1)
+        hr, hz, hn = hh.chunk(3, dim=-1)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        return n + z * (h - n)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, _ = x.shape
+        P, gh = self.groups, self.hidden_size // self.groups
+        xi = torch.stack([ih(xg) for ih, xg in zip(self.ih, x.chunk(P, dim=-1))])  # [P, B, T, 3gh]
+        w = torch.stack([hh.weight.t() for hh in self.hh])  # [P, gh, 3gh]
+        b = torch.stack([hh.bias for hh in self.hh]).unsqueeze(1)  # [P, 1, 3gh]
+        h = h.view(B, P, gh).transpose(0, 1)  # [P, B, gh]
+        ys = []
+        for xt in xi.unbind(dim=2):  # unbind, not indexing: indexing backprops a full-size zero tensor per frame
+            h = self.cell(xt, torch.baddbmm(b, h, w), h)  # [P, B, gh]
+            ys.append(h)
+        y = torch.stack(ys, dim=2)  # [P, B, T, gh]
+        y = y.permute(1, 2, 0, 3).reshape(B, T, P * gh)  # [B, T, H]
+        return y, y[:, -1]
+
+    def step(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        P = self.groups
+        hs = [
+            self.cell(ih(xg), hh(hg), hg)  # [B, gh]
+            for ih, hh, xg, hg in zip(self.ih, self.hh, x.chunk(P, dim=-1), h.chunk(P, dim=-1))
+        ]
+        return torch.cat(hs, dim=-1)  # [B, H]
+
+    def initial_state(self, batch: int = 1) -> torch.Tensor:
+        return torch.zeros(batch, self.hidden_size)
