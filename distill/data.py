@@ -1,0 +1,275 @@
+"""Training data: on-the-fly mixtures of clean speech and noise folders, paired noisy/clean folders
+(VoiceBank+DEMAND layout) and a procedural speech-like generator for tests.
+
+Every sampler hands out whole batches through ``batch(step, size)``; the random draws depend only
+on ``(seed, step)``, so a resumed run sees exactly the batches an uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from runtime.audio import AudioError, list_audio, resample, to_mono
+
+log = logging.getLogger("distill.data")
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    sample_rate: int = 16000
+    seconds: float = 4.0  # training segment length
+    snr_db: tuple[float, float] = (-5.0, 20.0)  # uniform range of speech-to-noise ratios
+    level_db: tuple[float, float] = (-35.0, -15.0)  # uniform range of mixture RMS, dBFS
+    min_seconds: float = 1.0  # shorter files are skipped when a folder is scanned
+    peak: float = 0.99  # mixtures louder than this are scaled down instead of clipped
+
+    @property
+    def length(self) -> int:
+        return int(round(self.seconds * self.sample_rate))
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + 1e-20))
+
+
+def mix(clean: np.ndarray, noise: np.ndarray, snr_db: float, level_db: float, peak: float) -> tuple[np.ndarray, np.ndarray]:
+    """Scale ``noise`` to ``snr_db`` below ``clean``, set the mixture RMS to ``level_db`` dBFS and
+    lower both when the mixture would exceed ``peak``. Returns float32 ``(noisy, clean)``."""
+    noise = noise * (rms(clean) / rms(noise) * 10 ** (-snr_db / 20))
+    noisy = clean + noise
+    gain = 10 ** (level_db / 20) / rms(noisy)
+    gain = min(gain, peak / (np.abs(noisy).max() + 1e-12))
+    return (noisy * gain).astype(np.float32), (clean * gain).astype(np.float32)
+
+
+@dataclass
+class _Entry:
+    path: Path
+    frames: int
+    sample_rate: int
+
+
+class AudioFolder:
+    """The usable audio files below a folder, read segment by segment.
+
+    Unreadable, empty or too-short files are skipped with a warning naming them; a file that fails
+    later (a truncated FLAC can pass the header check) is dropped with a warning at that point.
+    """
+
+    def __init__(self, root: str | os.PathLike, min_seconds: float, exclude: set[str] = frozenset()):
+        self.root = Path(root)
+        self.entries: list[_Entry] = []
+        for path in list_audio(self.root):
+            rel = path.relative_to(self.root).as_posix()
+            if rel in exclude or path.name in exclude:
+                continue
+            try:
+                info = sf.info(str(path))
+            except Exception as e:
+                log.warning("skipping %s: unreadable (%s)", path, str(e).strip() or type(e).__name__)
+                continue
+            if info.frames <= 0:
+                log.warning("skipping %s: empty", path)
+            elif info.frames < min_seconds * info.samplerate:
+                log.warning("skipping %s: shorter than %.1f s", path, min_seconds)
+            else:
+                self.entries.append(_Entry(path, info.frames, info.samplerate))
+        if not self.entries:
+            raise AudioError(f"{self.root}: no usable audio files (WAV/FLAC/OGG, at least {min_seconds:.1f} s)")
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def pick(self, rng: np.random.Generator) -> _Entry:
+        return self.entries[rng.integers(len(self.entries))]
+
+    def read(self, entry: _Entry, start: int, frames: int, sample_rate: int) -> np.ndarray:
+        """``frames`` native-rate samples from ``start``, mono, resampled to ``sample_rate``."""
+        try:
+            x, _ = sf.read(str(entry.path), start=start, frames=frames, dtype="float32", always_2d=True)
+        except Exception as e:  # soundfile raises several types for truncated or corrupt data
+            why = str(e).strip() or type(e).__name__
+            self.drop(entry, why)
+            raise AudioError(f"{entry.path}: {why}") from None
+        if x.shape[0] == 0:
+            self.drop(entry, "no samples where the header promised some")
+            raise AudioError(f"{entry.path}: truncated")
+        return resample(to_mono(x), entry.sample_rate, sample_rate)
+
+    def drop(self, entry: _Entry, why: str) -> None:
+        log.warning("dropping %s: %s", entry.path, why)
+        if entry in self.entries:
+            self.entries.remove(entry)
+
+    def segment(self, rng: np.random.Generator, length: int, sample_rate: int, loop: bool) -> np.ndarray:
+        """A random ``length``-sample segment; shorter files are looped (``loop``) or zero-padded at a
+        random offset. Retries with another file when one turns out unreadable."""
+        for _ in range(100):
+            if not self.entries:
+                raise AudioError(f"{self.root}: every audio file failed to read")
+            e = self.pick(rng)
+            native = math.ceil(length * e.sample_rate / sample_rate)
+            try:
+                if e.frames >= native:
+                    start = int(rng.integers(e.frames - native + 1))
+                    return _fit(self.read(e, start, native, sample_rate), length)
+                x = self.read(e, 0, e.frames, sample_rate)
+            except AudioError:
+                continue
+            if loop:
+                start = int(rng.integers(len(x)))
+                reps = math.ceil((length + start) / len(x))
+                return np.tile(x, reps)[start : start + length]
+            out = np.zeros(length, np.float32)
+            offset = int(rng.integers(length - len(x) + 1)) if len(x) < length else 0
+            out[offset : offset + len(x)] = x[:length]
+            return out
+        raise AudioError(f"{self.root}: could not read a segment after 100 attempts")
+
+
+def _fit(x: np.ndarray, length: int) -> np.ndarray:
+    return x[:length] if len(x) >= length else np.pad(x, (0, length - len(x)))
+
+
+class Sampler:
+    """Base: deterministic batches of ``(noisy, clean)`` float32 arrays of shape ``[B, L]``."""
+
+    def __init__(self, config: MixConfig, seed: int):
+        self.config, self.seed = config, seed
+
+    def batch(self, step: int, size: int, stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Batch number ``step`` of random stream ``stream`` (0: training, others: held-out draws)."""
+        rng = np.random.default_rng([self.seed, stream, step])
+        pairs = [self.example(rng) for _ in range(size)]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+    def example(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _mix(self, rng, clean, noise):
+        c = self.config
+        return mix(clean, noise, rng.uniform(*c.snr_db), rng.uniform(*c.level_db), c.peak)
+
+
+class MixtureSampler(Sampler):
+    """Clean speech plus noise from two folders at a random SNR and level."""
+
+    def __init__(self, clean: AudioFolder, noise: AudioFolder, config: MixConfig, seed: int = 0):
+        super().__init__(config, seed)
+        self.clean, self.noise = clean, noise
+
+    def example(self, rng):
+        c = self.config
+        for _ in range(20):
+            speech = self.clean.segment(rng, c.length, c.sample_rate, loop=False)
+            if rms(speech) > 1e-4:  # a segment of pure silence has no SNR
+                break
+        noise = self.noise.segment(rng, c.length, c.sample_rate, loop=True)
+        if rms(noise) < 1e-7:
+            noise = rng.standard_normal(c.length).astype(np.float32) * 1e-3
+        return self._mix(rng, speech, noise)
+
+
+def _key(path: Path, root: Path) -> str:
+    return path.relative_to(root).with_suffix("").as_posix()
+
+
+def paired_files(noisy_dir: str | os.PathLike, clean_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """Noisy/clean file pairs matched by relative path without suffix (VoiceBank+DEMAND layout)."""
+    noisy_dir, clean_dir = Path(noisy_dir), Path(clean_dir)
+    clean = {_key(p, clean_dir): p for p in list_audio(clean_dir)}
+    pairs = []
+    for p in list_audio(noisy_dir):
+        if _key(p, noisy_dir) in clean:
+            pairs.append((p, clean[_key(p, noisy_dir)]))
+        else:
+            log.warning("skipping %s: no clean file %s.* in %s", p, _key(p, noisy_dir), clean_dir)
+    if not pairs:
+        raise AudioError(f"no matching noisy/clean files in {noisy_dir} and {clean_dir}")
+    return pairs
+
+
+class PairedSampler(Sampler):
+    """Aligned random crops of paired noisy/clean files at their recorded SNR and a random level."""
+
+    def __init__(self, noisy_dir, clean_dir, config: MixConfig, seed: int = 0):
+        super().__init__(config, seed)
+        self.noisy = AudioFolder(noisy_dir, config.min_seconds)
+        self.clean = AudioFolder(clean_dir, config.min_seconds)
+        by_key = {_key(e.path, self.clean.root): e for e in self.clean.entries}
+        self.pairs = [(e, by_key[_key(e.path, self.noisy.root)]) for e in self.noisy.entries if _key(e.path, self.noisy.root) in by_key]
+        if not self.pairs:
+            raise AudioError(f"no matching noisy/clean files in {noisy_dir} and {clean_dir}")
+
+    def example(self, rng):
+        c = self.config
+        for _ in range(100):
+            e, ce = self.pairs[rng.integers(len(self.pairs))]
+            native = math.ceil(c.length * e.sample_rate / c.sample_rate)
+            start = int(rng.integers(max(min(e.frames, ce.frames) - native, 0) + 1))
+            try:
+                noisy = _fit(self.noisy.read(e, start, native, c.sample_rate), c.length)
+                clean = _fit(self.clean.read(ce, start, native, c.sample_rate), c.length)
+            except AudioError:
+                self.pairs.remove((e, ce))
+                if not self.pairs:
+                    raise AudioError(f"{self.noisy.root}: every noisy/clean pair failed to read") from None
+                continue
+            gain = 10 ** (rng.uniform(*c.level_db) / 20) / rms(noisy)
+            gain = min(gain, c.peak / (np.abs(noisy).max() + 1e-12))
+            return (noisy * gain).astype(np.float32), (clean * gain).astype(np.float32)
+        raise AudioError(f"{self.noisy.root}: could not read a pair after 100 attempts")
+
+
+# ---------------------------------------------------------------- procedural audio for tests
+
+
+def synth_speech(rng: np.random.Generator, length: int, sample_rate: int = 16000) -> np.ndarray:
+    """Speech-like bursts: a gliding harmonic source with a formant-like spectral tilt, gated into
+    syllables of 80-300 ms separated by pauses."""
+    t = np.arange(length) / sample_rate
+    f0 = rng.uniform(90, 240) * (1 + 0.15 * np.sin(2 * np.pi * rng.uniform(0.5, 3) * t + rng.uniform(0, 6.3)))
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    formant = rng.uniform(400, 1200)
+    voice = np.zeros(length)
+    for k in range(1, 30):
+        fk = k * f0
+        amp = np.exp(-np.abs(fk - formant) / 800) / k**0.5 * (fk < sample_rate / 2 - 200)
+        voice += amp * np.sin(k * phase)
+    envelope = np.zeros(length)
+    pos = int(rng.integers(0, sample_rate // 10))
+    while pos < length:
+        dur = int(rng.uniform(0.08, 0.3) * sample_rate)
+        seg = np.hanning(dur) if dur > 1 else np.ones(dur)
+        end = min(pos + dur, length)
+        envelope[pos:end] = seg[: end - pos] * rng.uniform(0.3, 1.0)
+        pos = end + int(rng.uniform(0.02, 0.25) * sample_rate)
+    x = voice * envelope
+    return (x / (np.abs(x).max() + 1e-9) * 0.5).astype(np.float32)
+
+
+def synth_noise(rng: np.random.Generator, length: int, sample_rate: int = 16000) -> np.ndarray:
+    """Coloured noise (white to brown) with an optional mains-like hum."""
+    white = rng.standard_normal(length)
+    spec = np.fft.rfft(white)
+    freqs = np.fft.rfftfreq(length, 1 / sample_rate)
+    spec /= np.maximum(freqs, 20.0) ** rng.uniform(0, 1)  # 0: white, 0.5: pink, 1: brown
+    x = np.fft.irfft(spec, n=length)
+    if rng.random() < 0.5:
+        t = np.arange(length) / sample_rate
+        x += np.std(x) * rng.uniform(0.2, 1) * np.sin(2 * np.pi * rng.choice([50.0, 60.0, 120.0]) * t)
+    return (x / (np.abs(x).max() + 1e-9) * 0.5).astype(np.float32)
+
+
+class SyntheticSampler(Sampler):
+    """Procedural speech-like signals mixed with procedural noise: no files needed."""
+
+    def example(self, rng):
+        c = self.config
+        return self._mix(rng, synth_speech(rng, c.length, c.sample_rate), synth_noise(rng, c.length, c.sample_rate))
