@@ -1,0 +1,78 @@
+"""Self-describing checkpoints: model name, config, weights and software versions, plus the
+training state needed to resume. A checkpoint alone rebuilds its model."""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distill import __version__
+from distill.models import MODELS, build, config_from_dict, config_to_dict, model_name
+
+FORMAT = "tiny-denoise-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message says which file and why."""
+
+
+def versions() -> dict[str, str]:
+    return {
+        "tiny_denoise": __version__,
+        "torch": str(torch.__version__),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save(path: str | os.PathLike, model: torch.nn.Module, **extra) -> None:
+    """Write atomically (temporary file, then rename) so a kill never leaves a half-written file."""
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": {"name": model_name(model), "config": config_to_dict(model.config)},
+        "state_dict": model.state_dict(),
+        "versions": versions(),
+        **extra,
+    }
+    tmp = path.with_name(f".{path.name}.part")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def read(path: str | os.PathLike) -> dict:
+    """Load and validate a checkpoint dictionary (on the CPU)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}); the file may be truncated or corrupt") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} file")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format version {payload['format_version']} is newer than this code reads ({FORMAT_VERSION}); update tiny-denoise"
+        )
+    name = payload.get("model", {}).get("name")
+    if name not in MODELS:
+        raise CheckpointError(f"{path}: unknown model {name!r}")
+    return payload
+
+
+def load_model(path: str | os.PathLike) -> torch.nn.Module:
+    """Rebuild the model stored in a checkpoint, in eval mode."""
+    payload = read(path)
+    spec = payload["model"]
+    try:
+        model = build(spec["name"], config_from_dict(spec["name"], spec["config"]))
+        model.load_state_dict(payload["state_dict"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{path}: weights do not fit the stored {spec['name']} config ({str(e).splitlines()[0]})") from None
+    return model.eval()

@@ -1,0 +1,281 @@
+"""Train a model: ``python -m distill.train --model student --clean DIR --noise DIR --out runs/x``.
+
+Progress on a tqdm bar, logs to ``train.csv`` / ``val.csv`` and TensorBoard (``tb/``), checkpoints
+``last.pt`` (every ``--ckpt-every`` steps and on Ctrl-C/SIGTERM) and ``best.pt`` (best validation
+SI-SDR). ``--resume`` continues from ``last.pt``; the batches of a resumed run are exactly those an
+uninterrupted run would have drawn.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from distill import checkpoint
+from distill.data import AudioFolder, MixConfig, MixtureSampler, PairedSampler, SyntheticSampler, paired_files
+from distill.dsp import apply_mask, istft, stft
+from distill.losses import parse_weights, si_sdr, supervised
+from distill.models import PRESETS, build, config_from_dict, cost
+from runtime.audio import AudioError, load
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m distill.train", description=__doc__.split("\n\n")[0])
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="student", help=f"preset ({', '.join(PRESETS)}) or registry name (crn)")
+    g.add_argument("--config", help="JSON object of model config fields overriding the preset")
+    g = p.add_argument_group("data (one source)")
+    g.add_argument("--clean", help="folder of clean speech (any depth, WAV/FLAC/OGG, any rate)")
+    g.add_argument("--noise", help="folder of noise recordings")
+    g.add_argument("--exclude", action="append", default=[], help="text file of file names to leave out (e.g. the dev split); repeatable")
+    g.add_argument("--paired", nargs=2, metavar=("NOISY", "CLEAN"), help="paired noisy/clean folders instead of mixing")
+    g.add_argument("--synthetic", action="store_true", help="procedural speech-like data (smoke tests)")
+    g.add_argument("--seconds", type=float, default=4.0, help="segment length")
+    g.add_argument("--snr", type=float, nargs=2, default=(-5.0, 20.0), metavar=("LO", "HI"))
+    g.add_argument("--level", type=float, nargs=2, default=(-35.0, -15.0), metavar=("LO", "HI"), help="mixture RMS range, dBFS")
+    g.add_argument("--val-dir", help="folder with noisy/ and clean/ (a rendered dev set) for validation")
+    g.add_argument("--val-files", type=int, default=40, help="validation files taken evenly from --val-dir")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, default=20000)
+    g.add_argument("--batch", type=int, default=16)
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--optimizer", choices=("adam", "adamw"), default="adamw")
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--warmup", type=int, default=500, help="linear warm-up steps before cosine decay")
+    g.add_argument("--final-lr", type=float, default=0.02, help="cosine decay ends at this fraction of --lr")
+    g.add_argument("--clip", type=float, default=5.0, help="gradient norm clip")
+    g.add_argument("--loss", default="spec=1,sisdr=0.01", help="weighted supervised terms: sisdr, spec, psa")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", required=True, help="run folder (checkpoints, logs)")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    g.add_argument("--ckpt-every", type=int, default=250)
+    g.add_argument("--val-every", type=int, default=1000)
+    g.add_argument("--log-every", type=int, default=25)
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
+    args = p.parse_args(argv)
+    sources = sum([bool(args.clean or args.noise), bool(args.paired), args.synthetic])
+    if sources != 1:
+        p.error("give exactly one data source: --clean DIR --noise DIR, --paired NOISY CLEAN, or --synthetic")
+    if bool(args.clean) != bool(args.noise):
+        p.error("--clean and --noise go together")
+    return args
+
+
+def make_sampler(args, seed: int):
+    cfg = MixConfig(seconds=args.seconds, snr_db=tuple(args.snr), level_db=tuple(args.level))
+    if args.synthetic:
+        return SyntheticSampler(cfg, seed)
+    if args.paired:
+        return PairedSampler(*args.paired, cfg, seed)
+    exclude: set[str] = set()
+    for f in args.exclude:
+        exclude |= {line.strip() for line in Path(f).read_text().splitlines() if line.strip() and not line.startswith("#")}
+    return MixtureSampler(AudioFolder(args.clean, cfg.min_seconds, exclude), AudioFolder(args.noise, cfg.min_seconds, exclude), cfg, seed)
+
+
+def validation_set(args, sampler, sample_rate: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    if args.val_dir:
+        pairs = paired_files(Path(args.val_dir) / "noisy", Path(args.val_dir) / "clean")
+        idx = np.linspace(0, len(pairs) - 1, min(args.val_files, len(pairs))).round().astype(int)
+        return [(load(pairs[i][0], sample_rate), load(pairs[i][1], sample_rate)) for i in idx]
+    noisy, clean = sampler.batch(0, 16, stream=1)  # a stream training never draws from
+    return list(zip(noisy, clean))
+
+
+def forward_loss(model, weights, noisy, clean):
+    """Supervised loss of one batch. Returns the total, its terms and the batch SI-SDR (dB)."""
+    cfg = model.config.stft
+    ns, cs = stft(noisy, cfg), stft(clean, cfg)  # [B, T, F, 2]
+    es = apply_mask(ns, model(ns))  # [B, T, F, 2]
+    ew = istft(es, cfg, noisy.shape[-1])  # [B, L]
+    terms = supervised(weights, ew, clean, es, cs, ns)
+    return sum(terms.values()), terms, si_sdr(ew.detach(), clean).mean()
+
+
+@torch.no_grad()
+def validate(model, val) -> tuple[float, float]:
+    """Mean SI-SDR of the enhanced validation signals and its improvement over the noisy input."""
+    model.eval()
+    out, gain = [], []
+    for noisy, clean in val:
+        n, c = torch.from_numpy(noisy)[None], torch.from_numpy(clean)[None]
+        cfg = model.config.stft
+        ns = stft(n, cfg)
+        e = istft(apply_mask(ns, model(ns)), cfg, n.shape[-1])
+        s = si_sdr(e, c).item()
+        out.append(s)
+        gain.append(s - si_sdr(n, c).item())
+    model.train()
+    return float(np.mean(out)), float(np.mean(gain))
+
+
+def lr_factor(step: int, args) -> float:
+    if step < args.warmup:
+        return (step + 1) / args.warmup
+    progress = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
+    return args.final_lr + (1 - args.final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class CsvLog:
+    def __init__(self, path: Path, fields: list[str]):
+        self.path, self.fields = path, fields
+        if not path.exists():
+            with path.open("w", newline="") as f:
+                csv.writer(f).writerow(fields)
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerow([row.get(k, "") for k in self.fields])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        weights = parse_weights(args.loss)
+        sampler = make_sampler(args, args.seed)
+    except (AudioError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    torch.manual_seed(args.seed)  # before the model is built: its initial weights come from this seed
+    last = out / "last.pt"
+    state = None
+    if args.resume and last.exists():
+        try:
+            state = checkpoint.read(last)
+        except checkpoint.CheckpointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        model = build(state["model"]["name"], config_from_dict(state["model"]["name"], state["model"]["config"]))
+        model.load_state_dict(state["state_dict"])
+    else:
+        overrides = json.loads(args.config) if args.config else {}
+        model = build(args.model, **overrides) if args.model in PRESETS else build(args.model, config_from_dict(args.model, overrides))
+    model.train().to(memory_format=torch.channels_last)  # 2x faster convs on CPU
+    opt_cls = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(model.parameters(), lr=args.lr, weight_decay=args.weight_decay if args.optimizer == "adamw" else 0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, args))
+    step, best, skipped = 0, -math.inf, 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, best, skipped = state["step"], state["best_val_sisdr"], state.get("skipped", 0)
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resuming {last} at step {step}")
+    (out / "args.json").write_text(json.dumps(vars(args), indent=2))
+
+    c = cost(model)
+    print(f"model {args.model}: {c}")
+    val = validation_set(args, sampler, model.config.stft.sample_rate)
+    from torch.utils.tensorboard import SummaryWriter
+
+    tb = SummaryWriter(str(out / "tb"))
+    term_names = sorted(weights)
+    train_log = CsvLog(out / "train.csv", ["step", "time", "lr", "loss", *(f"loss_{k}" for k in term_names), "sisdr", "grad_norm", "skipped"])
+    val_log = CsvLog(out / "val.csv", ["step", "time", "val_sisdr", "val_sisdri"])
+
+    def save(path):
+        checkpoint.save(
+            path,
+            model,
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            step=step,
+            best_val_sisdr=best,
+            skipped=skipped,
+            torch_rng=torch.get_rng_state(),
+            train_args=vars(args),
+            cost={"params": c.params, "macs_per_frame": c.macs_per_frame},
+        )
+
+    stop = {"now": False}
+
+    def on_signal(signum, frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    pool = ThreadPoolExecutor(1)  # draws the next batch while this one trains
+    pending = pool.submit(sampler.batch, step, args.batch)
+    bar = tqdm(total=args.steps, initial=step, disable=args.no_progress, dynamic_ncols=True, desc="train")
+    t0, consecutive_bad, acc = time.time(), 0, {}
+    while step < args.steps and not stop["now"]:
+        noisy, clean = pending.result()
+        pending = pool.submit(sampler.batch, step + 1, args.batch)
+        buffers = [b.clone() for b in model.buffers()]  # BatchNorm statistics, restored if this step goes bad
+        loss, terms, sisdr = forward_loss(model, weights, torch.from_numpy(noisy), torch.from_numpy(clean))
+        optimizer.zero_grad(set_to_none=True)
+        bad = not torch.isfinite(loss)
+        if not bad:
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            bad = not torch.isfinite(grad_norm)
+        if bad:
+            for b, saved in zip(model.buffers(), buffers):
+                b.copy_(saved)
+            skipped += 1
+            consecutive_bad += 1
+            tqdm.write(f"step {step}: non-finite loss or gradient, update skipped ({skipped} so far)")
+            if consecutive_bad >= 50:
+                print("error: 50 consecutive non-finite steps; lower --lr or check the data", file=sys.stderr)
+                return 1
+        else:
+            consecutive_bad = 0
+            optimizer.step()
+            for k, v in [("loss", loss), ("sisdr", sisdr), ("grad_norm", grad_norm), *((f"loss_{k}", t) for k, t in terms.items())]:
+                acc.setdefault(k, []).append(v.item())
+        scheduler.step()
+        step += 1
+        bar.update(1)
+        if step % args.log_every == 0 and acc:
+            row = {k: float(np.mean(v)) for k, v in acc.items()}
+            row.update(step=step, time=round(time.time() - t0, 1), lr=scheduler.get_last_lr()[0], skipped=skipped)
+            train_log.write(row)
+            for k, v in row.items():
+                if k not in ("step", "time"):
+                    tb.add_scalar(f"train/{k}", v, step)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", sisdr=f"{row['sisdr']:.1f}dB", lr=f"{row['lr']:.1e}")
+            acc = {}
+        if step % args.val_every == 0 or step == args.steps:
+            v, vi = validate(model, val)
+            val_log.write({"step": step, "time": round(time.time() - t0, 1), "val_sisdr": v, "val_sisdri": vi})
+            tb.add_scalar("val/sisdr", v, step)
+            tb.add_scalar("val/sisdri", vi, step)
+            tqdm.write(f"step {step}: validation SI-SDR {v:.2f} dB ({vi:+.2f} dB over noisy)")
+            if v > best:
+                best = v
+                save(out / "best.pt")
+        if step % args.ckpt_every == 0 or step == args.steps:
+            save(last)
+    bar.close()
+    pool.shutdown(wait=False, cancel_futures=True)
+    save(last)
+    tb.close()
+    if stop["now"]:
+        print(f"interrupted at step {step}; saved {last} (continue with --resume)")
+        return 130
+    print(f"done: {step} steps, best validation SI-SDR {best:.2f} dB, checkpoints in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from distill import checkpoint
+from distill.models import build
+
+
+def test_round_trip_rebuilds_the_model(tmp_path):
+    model = build("student-30k")
+    checkpoint.save(tmp_path / "m.pt", model, step=3)
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)  # plain types only: safe to load
+    assert payload["model"]["name"] == "crn" and payload["step"] == 3
+    assert {"torch", "numpy", "python", "tiny_denoise"} <= set(payload["versions"])
+    again = checkpoint.load_model(tmp_path / "m.pt")
+    assert again.config == model.config
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="no such checkpoint"):
+        checkpoint.load_model(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(checkpoint.CheckpointError, match="truncated or corrupt"):
+        checkpoint.load_model(tmp_path / "junk.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="not a tiny-denoise-checkpoint"):
+        checkpoint.load_model(tmp_path / "other.pt")
+    model = build("student-30k")
+    checkpoint.save(tmp_path / "m.pt", model)
+    data = (tmp_path / "m.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(checkpoint.CheckpointError, match="truncated or corrupt"):
+        checkpoint.load_model(tmp_path / "cut.pt")
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    payload["model"]["config"]["channels"] = [4, 4]
+    torch.save(payload, tmp_path / "mismatch.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="do not fit"):
+        checkpoint.load_model(tmp_path / "mismatch.pt")

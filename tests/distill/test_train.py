@@ -1,0 +1,96 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill import checkpoint, train
+from distill.data import MixConfig, SyntheticSampler
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = json.dumps({"channels": [4, 4, 8], "rnn_groups": 2, "rnn_layers": 1})
+
+
+def _args(out, steps, *extra):
+    return [
+        "--synthetic", "--model", "crn", "--config", TINY, "--steps", str(steps), "--batch", "2", "--seconds", "0.5",
+        "--val-every", "1000", "--log-every", "5", "--threads", "1", "--no-progress", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_short_run_lowers_the_loss_and_writes_logs(tmp_path):
+    assert train.main(_args(tmp_path, 150, "--lr", "3e-3", "--warmup", "10", "--batch", "4")) == 0
+    rows = _rows(tmp_path / "train.csv")
+    losses = [float(r["loss"]) for r in rows]
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3])
+    assert (tmp_path / "last.pt").is_file() and (tmp_path / "best.pt").is_file()
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert checkpoint.read(tmp_path / "last.pt")["step"] == 150
+
+
+def _cli(out, steps, *extra):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return [sys.executable, "-m", "distill.train", *_args(out, steps, "--ckpt-every", "10", *extra)], env
+
+
+def test_resume_after_kill_continues_exactly(tmp_path):
+    steps = 120
+    cmd, env = _cli(tmp_path / "whole", steps)
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+
+    cmd, env = _cli(tmp_path / "killed", steps)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "killed" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # no chance to save: only the periodic checkpoint survives
+    proc.wait()
+    killed_at = checkpoint.read(last)["step"]
+    assert 10 <= killed_at < steps
+
+    cmd, env = _cli(tmp_path / "killed", steps, "--resume")
+    done = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    assert f"resuming {last} at step {killed_at}" in done.stdout
+
+    a = checkpoint.read(tmp_path / "whole" / "last.pt")["state_dict"]
+    b = checkpoint.read(last)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _PoisonedSampler(SyntheticSampler):
+    def batch(self, step, size, stream=0):
+        noisy, clean = super().batch(step, size, stream)
+        if stream == 0 and step == 2:
+            noisy[0, 100] = np.nan
+        return noisy, clean
+
+
+def test_non_finite_loss_skips_the_step_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train, "make_sampler", lambda args, seed: _PoisonedSampler(MixConfig(seconds=0.5), seed))
+    assert train.main(_args(tmp_path, 6)) == 0
+    out = capsys.readouterr()
+    assert "step 2: non-finite loss or gradient, update skipped" in out.out + out.err
+    state = checkpoint.read(tmp_path / "last.pt")
+    assert state["skipped"] == 1
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+
+
+def test_bad_data_source_is_one_clear_line(tmp_path, capsys):
+    assert train.main(["--clean", str(tmp_path), "--noise", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "no usable audio" in err[0]
+    with pytest.raises(SystemExit):
+        train.main(["--out", str(tmp_path)])  # no data source: argparse usage error
