@@ -1,0 +1,128 @@
+"""Evaluate checkpoints on noisy/clean folders: PESQ (WB), ESTOI, SI-SDR, DNSMOS SIG/BAK/OVRL.
+
+``python -m distill.evaluate --data data/devset --checkpoint a.pt [b.pt ...] --json results.json``
+scores the noisy input and each checkpoint's offline enhancement of it; ``--enhanced NAME=DIR``
+scores files enhanced elsewhere (an exported model, the streaming runtime). A table goes to stdout,
+overall and per input SNR when the folder has a ``meta.csv`` (as rendered by ``distill.devset``).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from distill import checkpoint
+from distill.data import paired_files
+from distill.dsp import enhance
+from distill.metrics import SAMPLE_RATE, all_metrics
+from runtime.audio import AudioError, load, write
+
+METRICS = ("pesq", "estoi", "si_sdr", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")
+HEADERS = {"pesq": "PESQ", "estoi": "ESTOI", "si_sdr": "SI-SDR", "dnsmos_sig": "SIG", "dnsmos_bak": "BAK", "dnsmos_ovrl": "OVRL"}
+
+
+def summarise(per_file: dict[str, dict], snr_of: dict[str, float]) -> dict:
+    names = sorted(per_file)
+    mean = {m: float(np.nanmean([per_file[n][m] for n in names])) for m in METRICS if m in per_file[names[0]]}
+    by_snr = {}
+    for snr in sorted({snr_of[n] for n in names if n in snr_of}):
+        sel = [n for n in names if snr_of.get(n) == snr]
+        by_snr[f"{snr:g}"] = {m: float(np.nanmean([per_file[n][m] for n in sel])) for m in mean}
+    return {"mean": mean, "by_snr": by_snr, "per_file": per_file}
+
+
+def table(systems: dict[str, dict], key=lambda s: s["mean"]) -> str:
+    cols = [m for m in METRICS if m in key(next(iter(systems.values())))]
+    lines = ["| system | " + " | ".join(HEADERS[m] for m in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, s in systems.items():
+        lines.append(f"| {name} | " + " | ".join(f"{key(s)[m]:.3f}" if m in ("pesq", "estoi") else f"{key(s)[m]:.2f}" for m in cols) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m distill.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, help="folder with noisy/ and clean/ (and optionally meta.csv)")
+    p.add_argument("--noisy", type=Path, help="noisy folder (instead of --data)")
+    p.add_argument("--clean", type=Path, help="clean folder (instead of --data)")
+    p.add_argument("--checkpoint", nargs="*", default=[], type=Path, help="checkpoints to enhance with (offline forward)")
+    p.add_argument("--enhanced", nargs="*", default=[], metavar="NAME=DIR", help="already-enhanced folders, named")
+    p.add_argument("--json", type=Path, help="write all results (per file, per SNR, means) here")
+    p.add_argument("--save-enhanced", type=Path, help="write each checkpoint's outputs to DIR/<checkpoint stem>/")
+    p.add_argument("--no-dnsmos", action="store_true")
+    p.add_argument("--limit", type=int, help="only the first N files (quick checks)")
+    args = p.parse_args(argv)
+    noisy_dir = args.noisy or (args.data / "noisy" if args.data else None)
+    clean_dir = args.clean or (args.data / "clean" if args.data else None)
+    if noisy_dir is None or clean_dir is None:
+        p.error("give --data DIR, or --noisy DIR and --clean DIR")
+    try:
+        pairs = paired_files(noisy_dir, clean_dir)[: args.limit]
+        models = {ck.stem: checkpoint.load_model(ck) for ck in args.checkpoint}
+        enhanced_dirs = {}
+        for item in args.enhanced:
+            name, sep, d = item.partition("=")
+            if not sep or not Path(d).is_dir():
+                raise AudioError(f"--enhanced wants NAME=DIR with an existing folder, got {item!r}")
+            enhanced_dirs[name] = Path(d)
+    except (AudioError, checkpoint.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    snr_of = {}
+    meta = args.data / "meta.csv" if args.data else None
+    if meta and meta.is_file():
+        with meta.open() as f:
+            snr_of = {Path(r["file"]).stem: float(r["snr_db"]) for r in csv.DictReader(f)}
+
+    results = {"noisy": {}, **{n: {} for n in models}, **{n: {} for n in enhanced_dirs}}
+    with_dnsmos = not args.no_dnsmos
+    for noisy_path, clean_path in tqdm(pairs, desc="evaluate", dynamic_ncols=True):
+        key = noisy_path.stem
+        try:
+            noisy, clean = load(noisy_path, SAMPLE_RATE), load(clean_path, SAMPLE_RATE)
+        except AudioError as e:
+            tqdm.write(f"skipping {noisy_path.name}: {e}")
+            continue
+        n = min(len(noisy), len(clean))
+        noisy, clean = noisy[:n], clean[:n]
+        results["noisy"][key] = all_metrics(noisy, clean, with_dnsmos)
+        for name, model in models.items():
+            with torch.no_grad():
+                est = enhance(model, torch.from_numpy(noisy)[None])[0].numpy()
+            if args.save_enhanced:
+                (args.save_enhanced / name).mkdir(parents=True, exist_ok=True)
+                write(args.save_enhanced / name / f"{key}.wav", est, SAMPLE_RATE)
+            results[name][key] = all_metrics(est, clean, with_dnsmos)
+        for name, d in enhanced_dirs.items():
+            candidates = [d / f"{key}{s}" for s in (".wav", ".flac")]
+            path = next((c for c in candidates if c.is_file()), None)
+            if path is None:
+                tqdm.write(f"{name}: no enhanced file for {key}; skipped")
+                continue
+            est = load(path, SAMPLE_RATE)[:n]
+            results[name][key] = all_metrics(np.pad(est, (0, n - len(est))), clean, with_dnsmos)
+
+    systems = {name: summarise(r, snr_of) for name, r in results.items() if r}
+    print(f"\n{len(results['noisy'])} files from {noisy_dir}\n")
+    print(table(systems))
+    if snr_of:
+        for snr in next(iter(systems.values()))["by_snr"]:
+            print(f"\ninput SNR {snr} dB")
+            print(table(systems, key=lambda s, snr=snr: s["by_snr"][snr]))
+    if args.json:
+        out = {"data": str(noisy_dir), "files": len(results["noisy"]), "systems": systems}
+        for name, ck in zip(models, args.checkpoint):
+            out["systems"][name]["checkpoint"] = str(ck)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1))
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

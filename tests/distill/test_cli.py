@@ -1,0 +1,94 @@
+"""The user-facing commands of distill/: evaluate, enhance and the dev-set renderer."""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from distill import checkpoint, devset, enhance, evaluate
+from distill.data import synth_noise, synth_speech
+from distill.models import build
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ck") / "tiny.pt"
+    checkpoint.save(path, build("student-30k"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def devdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dev")
+    rng = np.random.default_rng(0)
+    (root / "clean").mkdir()
+    (root / "noise").mkdir()
+    for i in range(2):
+        sf.write(root / "clean" / f"libri_{i}-1-0000.flac", synth_speech(rng, 75000), 16000)
+    sf.write(root / "noise" / "hum.wav", synth_noise(rng, 30000), 16000)
+    rows = devset.render(root / "clean", root / "noise", root / "set", ["libri_0-1-0000.flac", "libri_1-1-0000.flac"], ["hum.wav"], 4.6, seed=1)
+    assert len(rows) == 2 * len(devset.SNRS)
+    return root
+
+
+def test_render_is_deterministic(devdir, tmp_path):
+    devset.render(devdir / "clean", devdir / "noise", tmp_path, ["libri_0-1-0000.flac"], ["hum.wav"], 4.6, seed=1)
+    a, _ = sf.read(tmp_path / "noisy" / "libri_0-1-0000_snr+05.wav")
+    b, _ = sf.read(devdir / "set" / "noisy" / "libri_0-1-0000_snr+05.wav")
+    assert np.array_equal(a, b)
+
+
+def test_evaluate_reports_noisy_and_model_per_snr(devdir, ckpt, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert evaluate.main(["--data", str(devdir / "set"), "--checkpoint", str(ckpt), "--json", str(out), "--save-enhanced", str(tmp_path / "enh")]) == 0
+    res = json.loads(out.read_text())
+    assert res["files"] == 10 and set(res["systems"]) == {"noisy", "tiny"}
+    for system in res["systems"].values():
+        assert set(system["mean"]) == set(evaluate.METRICS)
+        assert sorted(system["by_snr"], key=float) == [str(s) for s in devset.SNRS]
+    # files enhanced elsewhere score the same as the checkpoint that made them
+    assert evaluate.main(["--data", str(devdir / "set"), "--enhanced", f"saved={tmp_path / 'enh' / 'tiny'}", "--json", str(out), "--no-dnsmos"]) == 0
+    again = json.loads(out.read_text())["systems"]["saved"]["mean"]
+    assert again["si_sdr"] == pytest.approx(res["systems"]["tiny"]["mean"]["si_sdr"], abs=0.05)
+    assert "| noisy |" in capsys.readouterr().out
+
+
+def test_enhance_any_rate_and_channels(ckpt, tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    x = synth_speech(rng, 44100, 44100) + 0.1 * synth_noise(rng, 44100, 44100)
+    x[1000] = np.nan
+    sf.write(tmp_path / "in.wav", np.stack([x, 0.5 * x], 1), 44100, subtype="FLOAT")
+    assert enhance.main(["--input", str(tmp_path / "in.wav"), "--output", str(tmp_path / "out.wav"), "--checkpoint", str(ckpt)]) == 0
+    y, sr = sf.read(tmp_path / "out.wav")
+    assert sr == 44100 and y.ndim == 1 and len(y) == len(x) and np.isfinite(y).all()
+    assert "2 NaN/Inf samples replaced" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("empty", "holds no samples"),
+        ("text", "cannot decode audio"),
+        ("missing", "no such file"),
+        ("unwritable", "does not exist"),
+        ("bad-checkpoint", "not a readable checkpoint"),
+    ],
+)
+def test_enhance_bad_input_is_one_clear_line(case, message, ckpt, tmp_path, capsys):
+    src, out, ck = tmp_path / "in.wav", tmp_path / "out.wav", ckpt
+    sf.write(src, np.zeros(1600, np.float32), 16000)
+    if case == "empty":
+        sf.write(src, np.zeros(0, np.float32), 16000)
+    elif case == "text":
+        src.write_text("hello")
+    elif case == "missing":
+        src = tmp_path / "nope.wav"
+    elif case == "unwritable":
+        out = tmp_path / "no" / "such" / "out.wav"
+    else:
+        ck = tmp_path / "bad.pt"
+        ck.write_bytes(b"junk")
+    assert enhance.main(["--input", str(src), "--output", str(out), "--checkpoint", str(ck)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+    assert not out.exists()
