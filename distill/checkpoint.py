@@ -76,3 +76,48 @@ def load_model(path: str | os.PathLike) -> torch.nn.Module:
     except (TypeError, ValueError, RuntimeError, KeyError) as e:
         raise CheckpointError(f"{path}: weights do not fit the stored {spec['name']} config ({str(e).splitlines()[0]})") from None
     return model.eval()
+
+
+def strip(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
+    """Copy a training checkpoint without its optimiser and resume state: what a release ships."""
+    payload = read(src)
+    keep = {k: payload[k] for k in ("model", "state_dict", "versions", "train_args", "step", "cost", "best_val_sisdr") if k in payload}
+    tmp = Path(dst).with_name(f".{Path(dst).name}.part")
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **keep}, tmp)
+    os.replace(tmp, dst)
+    return keep
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m distill.checkpoint", description="Inspect or strip checkpoints.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("strip", help="drop optimiser/resume state (for shipping)")
+    s.add_argument("src", type=Path)
+    s.add_argument("dst", type=Path)
+    i = sub.add_parser("info", help="print what a checkpoint holds")
+    i.add_argument("path", type=Path)
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "strip":
+            kept = strip(args.src, args.dst)
+            print(f"{args.dst}: {kept['model']['name']} at step {kept.get('step', '?')}, {args.dst.stat().st_size / 1e6:.2f} MB")
+        else:
+            payload = read(args.path)
+            model = load_model(args.path)
+            from distill.models import cost
+
+            print(f"model    {payload['model']['name']} {payload['model']['config']}")
+            print(f"cost     {cost(model)}")
+            print(f"step     {payload.get('step', '?')}")
+            print(f"versions {payload['versions']}")
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

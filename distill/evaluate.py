@@ -63,7 +63,9 @@ def main(argv=None) -> int:
         p.error("give --data DIR, or --noisy DIR and --clean DIR")
     try:
         pairs = paired_files(noisy_dir, clean_dir)[: args.limit]
-        models = {ck.stem: checkpoint.load_model(ck) for ck in args.checkpoint}
+        stems = [ck.stem for ck in args.checkpoint]
+        names = [ck.stem if stems.count(ck.stem) == 1 else f"{ck.parent.name}/{ck.stem}" for ck in args.checkpoint]
+        models = {name: checkpoint.load_model(ck) for name, ck in zip(names, args.checkpoint)}
         enhanced_dirs = {}
         for item in args.enhanced:
             name, sep, d = item.partition("=")
@@ -95,7 +97,7 @@ def main(argv=None) -> int:
             with torch.no_grad():
                 est = enhance(model, torch.from_numpy(noisy)[None])[0].numpy()
             if args.save_enhanced:
-                (args.save_enhanced / name).mkdir(parents=True, exist_ok=True)
+                (args.save_enhanced / name).mkdir(parents=True, exist_ok=True)  # name may hold a '/': nested folders
                 write(args.save_enhanced / name / f"{key}.wav", est, SAMPLE_RATE)
             results[name][key] = all_metrics(est, clean, with_dnsmos)
         for name, d in enhanced_dirs.items():

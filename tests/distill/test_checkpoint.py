@@ -37,3 +37,14 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     torch.save(payload, tmp_path / "mismatch.pt")
     with pytest.raises(checkpoint.CheckpointError, match="do not fit"):
         checkpoint.load_model(tmp_path / "mismatch.pt")
+
+
+def test_strip_keeps_the_model_and_drops_training_state(tmp_path):
+    model = build("student-30k")
+    opt = torch.optim.Adam(model.parameters())
+    checkpoint.save(tmp_path / "run.pt", model, optimizer=opt.state_dict(), step=7)
+    checkpoint.strip(tmp_path / "run.pt", tmp_path / "ship.pt")
+    payload = checkpoint.read(tmp_path / "ship.pt")
+    assert "optimizer" not in payload and payload["step"] == 7
+    again = checkpoint.load_model(tmp_path / "ship.pt")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
