@@ -6,13 +6,44 @@ spectrum. One class covers the ~1.5 M-parameter teacher and the 20-150 k student
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from distill.dsp import StftConfig
 from distill.models.layers import CausalConv, GroupedGRU
+
+
+class CompressedFeatures(nn.Module):
+    """Power-law compressed magnitude and compressed re/im, channels first. A module of its own so
+    that exporters and quantisers can find (and keep in float) its pow/sqrt/div ops.
+
+    Shape: spec [B, T, F, 2] -> [B, 3, T, F]
+    """
+
+    def __init__(self, power: float):
+        super().__init__()
+        self.power = power
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        mag = spec.square().sum(-1, keepdim=True).add(1e-12).sqrt()  # [B, T, F, 1]
+        comp = mag.pow(self.power)  # [B, T, F, 1]
+        feats = torch.cat([comp, spec * (comp / mag)], dim=-1)  # [B, T, F, 3]
+        return feats.permute(0, 3, 1, 2)  # [B, 3, T, F]
+
+
+class BoundedMask(nn.Module):
+    """Complex mask with magnitude tanh(|z|) and the phase of z.
+
+    Shape: z [B, 2, T, F] -> [B, T, F, 2]
+    """
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        r = z.square().sum(1, keepdim=True).add(1e-12).sqrt()  # [B, 1, T, F]
+        return (z * (torch.tanh(r) / r)).permute(0, 2, 3, 1)  # [B, T, F, 2]
 
 
 @dataclass(frozen=True)
@@ -66,26 +97,9 @@ class CRN(nn.Module):
         )
         self.dec_norms = nn.ModuleList(nn.BatchNorm2d(ch) for ch in outs[1:])
         self.act = nn.LeakyReLU(c.slope)
+        self.features = CompressedFeatures(c.compress)
+        self.bound = BoundedMask()
         self.bins = bins
-
-    def features(self, spec: torch.Tensor) -> torch.Tensor:
-        """Power-law compressed magnitude and compressed re/im, channels first.
-
-        Shape: spec [B, T, F, 2] -> [B, 3, T, F]
-        """
-        mag = spec.square().sum(-1, keepdim=True).add(1e-12).sqrt()  # [B, T, F, 1]
-        comp = mag.pow(self.config.compress)  # [B, T, F, 1]
-        feats = torch.cat([comp, spec * (comp / mag)], dim=-1)  # [B, T, F, 3]
-        return feats.permute(0, 3, 1, 2)  # [B, 3, T, F]
-
-    @staticmethod
-    def bound(z: torch.Tensor) -> torch.Tensor:
-        """Complex mask with magnitude tanh(|z|) and the phase of z.
-
-        Shape: z [B, 2, T, F] -> [B, T, F, 2]
-        """
-        r = z.square().sum(1, keepdim=True).add(1e-12).sqrt()  # [B, 1, T, F]
-        return (z * (torch.tanh(r) / r)).permute(0, 2, 3, 1)  # [B, T, F, 2]
 
     def _bottleneck(self, x: torch.Tensor) -> torch.Tensor:
         """Flatten channels x bins per frame. Shape: [B, C, T, F] -> [B, T, C*F]"""
@@ -117,6 +131,18 @@ class CRN(nn.Module):
                 x = self.act(self.dec_norms[l - 1](x))
         return self.bound(x)  # [B, T, F, 2]
 
+    def fold_batchnorm(self) -> "CRN":
+        """A copy in eval mode with every BatchNorm folded into the convolution before it; same
+        outputs, fewer ops to export and quantise."""
+        m = copy.deepcopy(self).eval()
+        for l, conv in enumerate(m.encoder):
+            conv.conv = fuse_conv_bn_eval(conv.conv, m.enc_norms[l])
+            m.enc_norms[l] = nn.Identity()
+        for l in range(1, len(m.decoder)):
+            m.decoder[l].conv = fuse_conv_bn_eval(m.decoder[l].conv, m.dec_norms[l - 1], transpose=True)
+            m.dec_norms[l - 1] = nn.Identity()
+        return m
+
     def initial_state(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
         """Zero state: previous input frame of every encoder and decoder conv, then GRU hiddens."""
         convs = [m.initial_state(batch) for m in self.encoder] + [m.initial_state(batch) for m in self.decoder]
@@ -131,12 +157,19 @@ class CRN(nn.Module):
         )
 
     def step(self, frame: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        z, state = self.core_step(self.features(frame.unsqueeze(1)), state)  # [B, 2, 1, F]
+        return self.bound(z)[:, 0], state  # [B, F, 2]
+
+    def core_step(self, x: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The network between the feature transform and the mask bound, one frame: what an
+        integer-only export runs while the float feature/bound arithmetic stays outside.
+
+        Shape: x [B, 3, 1, F] -> z [B, 2, 1, F]
+        """
         n_enc, n_dec = len(self.encoder), len(self.decoder)
         enc_prev, dec_prev = state[:n_enc], state[n_enc : n_enc + n_dec]
         hidden = state[n_enc + n_dec :]
         new_enc, new_dec, new_h = [], [None] * n_dec, []
-
-        x = self.features(frame.unsqueeze(1))  # [B, 3, 1, F]
         skips = []
         for conv, norm, prev in zip(self.encoder, self.enc_norms, enc_prev):
             x, s = conv.step(x, prev)
@@ -156,5 +189,4 @@ class CRN(nn.Module):
             x, new_dec[l] = self.decoder[l].step(x + self.skips[l](skips[l]), dec_prev[l])
             if l > 0:
                 x = self.act(self.dec_norms[l - 1](x))  # [B, C_{l-1}, 1, F_{l-1}]
-        mask = self.bound(x)[:, 0]  # [B, F, 2]
-        return mask, tuple(new_enc) + tuple(new_dec) + tuple(new_h)
+        return x, tuple(new_enc) + tuple(new_dec) + tuple(new_h)

@@ -106,3 +106,13 @@ def test_config_round_trip_and_validation():
     with pytest.raises(ValueError, match="unknown model"):
         build("nope")
     assert dataclasses.is_dataclass(CRNConfig) and CRNConfig.__dataclass_params__.frozen
+
+
+def test_folded_batchnorm_gives_the_same_outputs():
+    model = _randomised("student")
+    folded = model.fold_batchnorm()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    spec = stft(torch.randn(1, 8000) * 0.1, model.config.stft)
+    with torch.no_grad():
+        assert (model(spec) - folded(spec)).abs().max() < 1e-5
+        assert (_stream(model, spec) - _stream(folded, spec)).abs().max() < 1e-5
