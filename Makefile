@@ -3,7 +3,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= train,dev
+EXTRAS ?= train,export,runtime,dev
 
 .PHONY: demo test install clean
 

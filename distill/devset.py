@@ -114,8 +114,8 @@ SAMPLE = {  # the shipped demo clip: CC BY 4.0 material only, speaker and noises
 
 
 def render_sample(clean_dir: Path, noise_dir: Path, out: Path, sample_rate: int = 16000) -> None:
-    """8 s of dev-split speech under a running tap plus quieter 6-talker babble, 5 dB SNR, -24 dBFS."""
-    speech = load(clean_dir / SAMPLE["speech"], sample_rate)[: 8 * sample_rate]
+    """10 s of dev-split speech under a running tap plus quieter 6-talker babble, 5 dB SNR, -24 dBFS."""
+    speech = load(clean_dir / SAMPLE["speech"], sample_rate)[: 10 * sample_rate]
     tap = load(noise_dir / SAMPLE["tap"], sample_rate)[10 * sample_rate :][: len(speech)]
     babble = load(noise_dir / SAMPLE["babble"], sample_rate)[: len(speech)]
     noisy, clean = mix(speech, tap + 0.5 * babble * np.std(tap) / np.std(babble), 5.0, -24.0, 0.99)

@@ -29,7 +29,7 @@ class CompressedFeatures(nn.Module):
         self.power = power
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
-        mag = spec.square().sum(-1, keepdim=True).add(1e-12).sqrt()  # [B, T, F, 1]
+        mag = spec.square().sum(-1, keepdim=True).clamp_min(1e-12).sqrt()  # [B, T, F, 1]; clamp, not +eps: ONNX optimisers drop a tiny add
         comp = mag.pow(self.power)  # [B, T, F, 1]
         feats = torch.cat([comp, spec * (comp / mag)], dim=-1)  # [B, T, F, 3]
         return feats.permute(0, 3, 1, 2)  # [B, 3, T, F]
@@ -42,7 +42,7 @@ class BoundedMask(nn.Module):
     """
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        r = z.square().sum(1, keepdim=True).add(1e-12).sqrt()  # [B, 1, T, F]
+        r = z.square().sum(1, keepdim=True).clamp_min(1e-12).sqrt()  # [B, 1, T, F]
         return (z * (torch.tanh(r) / r)).permute(0, 2, 3, 1)  # [B, T, F, 2]
 
 

@@ -1,0 +1,143 @@
+"""``python -m export --checkpoint CKPT --out DIR``: checkpoint -> verified model bundle.
+
+Writes ONNX and TFLite models (fp32 and int8, plus an integer-I/O TFLite for microcontrollers),
+its C array, golden vectors, ``manifest.json`` and a model card. The bundle is built in a temporary
+folder next to DIR and moved into place only when every check passed; a failed check prints a
+report and exits 1, leaving DIR as it was.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from distill import checkpoint
+from runtime.audio import AudioError, list_audio, load
+from runtime.bundle import BundleError, sha256
+
+SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "sample" / "noisy.wav"
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="bundle folder to create")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--formats", default="onnx,tflite", help="comma-separated: onnx, tflite")
+    p.add_argument("--calibration", nargs="*", type=Path, default=[], help="audio files or folders of real (noisy) speech for int8 calibration")
+    p.add_argument("--calibration-frames", type=int, default=1000, help="frames (with their states) used to calibrate")
+    p.add_argument("--parity-audio", type=Path, default=SAMPLE, help="real speech streamed for the parity check (default: the shipped sample)")
+    p.add_argument("--devset", type=Path, help="folder with noisy/ and clean/ for the int8 quality check")
+    p.add_argument("--devset-files", type=int, help="use this many dev files, spread over the set")
+    p.add_argument("--parity-tolerance", type=float, default=1e-4)
+    p.add_argument("--pesq-budget", type=float, default=0.10, help="largest allowed PESQ drop of int8 against fp32")
+    p.add_argument("--sisdr-budget", type=float, default=0.5, help="largest allowed SI-SDR drop (dB) of int8 against fp32")
+    p.add_argument("--golden-frames", type=int, default=200)
+    args = p.parse_args(argv)
+    args.formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    bad = set(args.formats) - {"onnx", "tflite"}
+    if bad or not args.formats:
+        p.error(f"--formats takes onnx and/or tflite, got {args.formats}")
+    return args
+
+
+def _audio(paths: list[Path], rate: int) -> list:
+    files = []
+    for p in paths:
+        files += list_audio(p) if p.is_dir() else [p]
+    return [load(f, rate) for f in files]
+
+
+def _writable_parent(out: Path, force: bool) -> None:
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise BundleError(f"{out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise BundleError(f"{out}: cannot write in {parent}")
+    if out.exists() and not force:
+        raise BundleError(f"{out} exists; pass --force to replace it")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from export.build import ExportError, Options, build  # imports torch and the converters: after argument checks
+
+    tmp = None
+    try:
+        _writable_parent(args.out, args.force)
+        model = checkpoint.load_model(args.checkpoint)
+        payload = checkpoint.read(args.checkpoint)
+        rate = model.config.stft.sample_rate
+        parity = load(args.parity_audio, rate)
+        from export.verify import load_pairs
+
+        devset = load_pairs(args.devset, args.devset_files, rate) if args.devset else []
+        calib = _audio(args.calibration, rate) if args.calibration else ([n for n, _ in devset] or [parity])
+        options = Options(
+            formats=args.formats,
+            parity_audio=parity,
+            parity_name=args.parity_audio.name,
+            calibration=calib,
+            calibration_frames=args.calibration_frames,
+            devset=devset,
+            devset_name=str(args.devset) if args.devset else "",
+            parity_tolerance=args.parity_tolerance,
+            pesq_budget=args.pesq_budget,
+            sisdr_budget=args.sisdr_budget,
+            golden_frames=args.golden_frames,
+            log=lambda msg: print(f"export: {msg}", flush=True),
+        )
+        info = {"name": payload["model"]["name"], "file": args.checkpoint.name, "sha256": sha256(args.checkpoint), "step": payload.get("step")}
+        tmp = args.out.resolve().parent / f".{args.out.name}.partial-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        manifest = build(model, info, tmp, options)
+    except (checkpoint.CheckpointError, AudioError, BundleError, ExportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return 2
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report(manifest)
+    if not manifest["verification"]["passed"]:
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"error: verification failed (see above); {args.out} was left unchanged", file=sys.stderr)
+        return 1
+    if args.out.exists():
+        old = args.out.resolve().parent / f".{args.out.name}.old-{os.getpid()}"
+        os.replace(args.out, old)
+        os.replace(tmp, args.out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, args.out)
+    print(f"wrote {args.out} ({len(manifest['files'])} files)")
+    return 0
+
+
+def report(manifest: dict) -> None:
+    ver = manifest["verification"]
+    print("\nparity (streamed mask against PyTorch):")
+    for name, r in ver["parity"].items():
+        tol = f"<= {r['tolerance']:g}" if r["tolerance"] is not None else "(int8: see quality)"
+        print(f"  {name:22s} max abs error {r['mask_max_abs_error']:.2e} {tol:22s} {'ok' if r['passed'] else 'FAILED'}")
+    q = ver.get("quality") or {}
+    if q.get("results"):
+        ref = q["reference"]
+        print(f"\nquality on {q['files']} dev files (fp32 PyTorch: PESQ {ref['pesq']:.3f}, SI-SDR {ref['si_sdr']:.2f} dB):")
+        for name, r in q["results"].items():
+            setting = manifest["files"][name]["quantization"]["setting"]
+            print(
+                f"  {name:22s} PESQ {r['pesq']:.3f} ({-r['pesq_drop']:+.3f})  SI-SDR {r['si_sdr']:.2f} ({-r['si_sdr_drop']:+.2f} dB)  "
+                f"[{setting}] {'ok' if r['passed'] else 'FAILED'}"
+            )
+    elif q:
+        print(f"\nquality: not measured ({q.get('reason')})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

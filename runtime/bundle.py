@@ -1,0 +1,99 @@
+"""Model bundles: a folder with ``manifest.json`` and the model files it lists.
+
+The manifest is the contract between ``export/`` (which writes it) and whoever runs the model
+(``runtime/``, firmware). It is documented field by field in the README ("Bundle format"). Loading
+a bundle checks the schema and the sha256 of every listed file before anything is used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = "tiny-denoise-bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class BundleError(Exception):
+    """A bundle that cannot be used; the message says what is wrong and what to do."""
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    name: str  # graph input name
+    output: str  # graph output name holding the next value
+    shape: tuple[int, ...]
+    init: float  # every state starts as a tensor filled with this value
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One runnable model file of the bundle."""
+
+    path: Path
+    format: str  # "onnx" or "tflite"
+    precision: str  # "fp32", "int8" (float I/O) or "int8io" (integer I/O, see io)
+    io: dict  # tensor names, shapes, dtypes and (for integer I/O) scale/zero point
+
+
+class Bundle:
+    """A verified bundle: its manifest, signal contract, state layout and model files."""
+
+    def __init__(self, root: str | os.PathLike, verify: bool = True):
+        self.root = Path(root)
+        path = self.root / MANIFEST
+        if not self.root.is_dir():
+            raise BundleError(f"{self.root}: no such bundle folder; pass --model DIR of an exported bundle")
+        if not path.is_file():
+            raise BundleError(f"{self.root}: no {MANIFEST}; this is not a model bundle (export one with python -m export)")
+        try:
+            self.manifest = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BundleError(f"{path}: not valid JSON ({e}); the bundle is damaged, re-export it") from None
+        if not isinstance(self.manifest, dict) or self.manifest.get("schema") != SCHEMA:
+            raise BundleError(f"{path}: not a {SCHEMA} manifest")
+        version = self.manifest.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise BundleError(f"{path}: schema version {version} is newer than this runtime reads ({SCHEMA_VERSION}); update tiny-denoise")
+        try:
+            self.signal = self.manifest["signal"]
+            self.states = tuple(StateSpec(s["name"], s["output"], tuple(s["shape"]), float(s["init"])) for s in self.manifest["states"])
+            self.files = self.manifest["files"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"{path}: incomplete manifest (missing {e}); re-export the bundle") from None
+        if verify:
+            self.verify()
+
+    def verify(self) -> None:
+        """Every listed file exists and has the recorded sha256."""
+        for name, entry in self.files.items():
+            f = self.root / name
+            if not f.is_file():
+                raise BundleError(f"{self.root}: {name} is missing; the bundle is incomplete, re-export it")
+            if sha256(f) != entry.get("sha256"):
+                raise BundleError(f"{self.root}: {name} does not match its sha256 in {MANIFEST}; the file was modified or damaged, re-export the bundle")
+
+    def models(self) -> list[ModelFile]:
+        return [
+            ModelFile(self.root / name, e["format"], e["precision"], e["io"])
+            for name, e in self.files.items()
+            if e.get("kind") == "model"
+        ]
+
+    def model(self, format: str, precision: str) -> ModelFile:
+        for m in self.models():
+            if m.format == format and m.precision == precision:
+                return m
+        have = ", ".join(f"{m.format}/{m.precision}" for m in self.models())
+        raise BundleError(f"{self.root}: no {format} model at precision {precision} (this bundle has {have})")

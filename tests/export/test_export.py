@@ -1,0 +1,161 @@
+"""Export a small student end to end, as a user would, and check the bundle it writes."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import export.__main__ as cli
+from distill import checkpoint
+from distill.data import synth_noise, synth_speech
+from distill.models import build
+from export import firmware, to_tflite
+from runtime.bundle import Bundle, BundleError, sha256
+
+FAST = ["--calibration-frames", "60", "--golden-frames", "20"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ck") / "small.pt"
+    model = build("student-30k")
+    checkpoint.save(path, model, step=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def devset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dev")
+    rng = np.random.default_rng(0)
+    for sub in ("noisy", "clean"):
+        (root / sub).mkdir()
+    for i in range(2):
+        clean = synth_speech(rng, 32000)
+        sf.write(root / "clean" / f"u{i}.wav", clean, 16000)
+        sf.write(root / "noisy" / f"u{i}.wav", clean + 0.2 * synth_noise(rng, 32000), 16000)
+    return root
+
+
+@pytest.fixture(scope="module")
+def bundle(ckpt, devset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("b") / "bundle"
+    # an untrained model: the int8 budget is loosened, the check itself still runs end to end
+    rc = cli.main(["--checkpoint", str(ckpt), "--out", str(out), "--devset", str(devset), "--pesq-budget", "5", "--sisdr-budget", "50", *FAST])
+    assert rc == 0
+    return out
+
+
+def test_manifest_lists_every_file_with_its_sha256(bundle):
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["schema"] == "tiny-denoise-bundle" and m["schema_version"] == 1
+    on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert on_disk == set(m["files"])
+    for name, entry in m["files"].items():
+        assert entry["sha256"] == sha256(bundle / name), name
+    models = {(f["format"], f["precision"]) for f in m["files"].values() if f["kind"] == "model"}
+    assert models == {("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "int8"), ("tflite", "int8io")}
+    assert m["signal"]["sample_rate"] == 16000 and m["signal"]["hop"] == 160 and m["signal"]["latency_ms"] == 20.0
+    assert [s["name"] for s in m["states"]] == list(build("student-30k").state_names())
+    assert m["model"]["params"] > 0 and m["model"]["macs_per_frame"] > 0
+    assert all(f["ops"] for f in m["files"].values() if f["kind"] == "model")
+    assert (bundle / "README.md").read_text().startswith("# small.pt")
+    assert not list(bundle.parent.glob(".bundle.*")), "temporary folders left behind"
+
+
+def test_fp32_parity_and_quality_recorded(bundle):
+    ver = json.loads((bundle / "manifest.json").read_text())["verification"]
+    assert ver["passed"]
+    for name in ("model.onnx", "model.tflite"):
+        assert ver["parity"][name]["mask_max_abs_error"] <= 1e-4
+    assert set(ver["quality"]["results"]) == {"model.int8.onnx", "model.int8.tflite", "model.int8io.tflite"}
+
+
+def test_exported_models_match_pytorch_when_streamed(bundle, ckpt):
+    """Independently of the export's own check: runtime backends against the PyTorch step."""
+    from export.calibration import trace
+    from export.verify import parity
+    from runtime.backends import open_runner
+
+    model = checkpoint.load_model(ckpt)
+    x, _ = sf.read(cli.SAMPLE, dtype="float32")
+    ref = trace(model, x[:16000])
+    b = Bundle(bundle)
+    for backend in ("onnxruntime", "litert"):
+        assert parity(open_runner(b, backend, "fp32"), ref)["mask_max_abs_error"] <= 1e-4
+
+
+def test_integer_model_states_keep_one_scale(bundle):
+    io = to_tflite.io_details(bundle / "model.int8io.tflite")
+    states = json.loads((bundle / "manifest.json").read_text())["states"]
+    assert io["features"]["dtype"] == "int8" and io["z"]["dtype"] == "int8"
+    for s in states:
+        a, b = io[s["name"]], io[s["output"]]
+        assert a["dtype"] == b["dtype"] == "int8"
+        assert np.float32(a["scale"]) == np.float32(b["scale"]) and a["zero_point"] == b["zero_point"], s["name"]
+
+
+def test_c_array_round_trips_to_the_flatbuffer(bundle):
+    header = (bundle / "model_int8io_tflite.h").read_text()
+    assert "extern const unsigned char model_int8io_tflite[];" in header
+    source = bundle / "model_int8io_tflite.cc"
+    assert "alignas(16) const unsigned char model_int8io_tflite[]" in source.read_text()
+    assert firmware.parse_c_bytes(source, "model_int8io_tflite") == (bundle / "model.int8io.tflite").read_bytes()
+
+
+def test_golden_vectors_replay_on_the_integer_model(bundle):
+    """Feeding the golden int8 inputs and initial states reproduces the golden outputs."""
+    g = {n: np.load(bundle / "golden" / f"{n}.npy") for n in ("int8io_input", "int8io_output", "int8io_states_in", "int8io_states_out")}
+    b = Bundle(bundle)
+    from runtime.backends import open_runner
+
+    runner = open_runner(b, "litert", "int8io")
+    states = [s.copy() for s in runner.initial_state()]
+    assert np.array_equal(np.concatenate([s.ravel() for s in states]), g["int8io_states_in"][0])
+    for t in range(len(g["int8io_input"])):
+        out = runner.run(g["int8io_input"][t], states)
+        states = out[1:]
+        assert np.array_equal(out[0], g["int8io_output"][t])
+    assert np.array_equal(np.concatenate([s.ravel() for s in states]), g["int8io_states_out"][-1])
+
+
+def test_tampered_or_missing_file_is_refused(bundle, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="does not match its sha256"):
+        Bundle(copy)
+    (copy / "model.onnx").unlink()
+    with pytest.raises(BundleError, match="missing"):
+        Bundle(copy)
+    (copy / "manifest.json").write_text("{ not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        Bundle(copy)
+    with pytest.raises(BundleError, match="no such bundle"):
+        Bundle(tmp_path / "nothing")
+
+
+def test_failed_check_exits_nonzero_and_leaves_no_bundle(ckpt, devset, tmp_path, capsys):
+    out = tmp_path / "b"
+    rc = cli.main(["--checkpoint", str(ckpt), "--out", str(out), "--formats", "onnx", "--devset", str(devset), "--sisdr-budget", "-100", *FAST])
+    assert rc == 1 and not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.")]
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.out and "verification failed" in captured.err
+
+
+@pytest.mark.parametrize("case", ["corrupt-checkpoint", "missing-parent", "exists"])
+def test_bad_arguments_give_one_clear_line(case, ckpt, tmp_path, capsys):
+    out, ck = tmp_path / "b", ckpt
+    if case == "corrupt-checkpoint":
+        ck = tmp_path / "bad.pt"
+        ck.write_bytes(b"\x00" * 100)
+    elif case == "missing-parent":
+        out = tmp_path / "no" / "such" / "b"
+    else:
+        out.mkdir()
+    assert cli.main(["--checkpoint", str(ck), "--out", str(out), "--formats", "onnx", *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
