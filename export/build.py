@@ -171,6 +171,13 @@ def build(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options) -> d
             return [("int8", KEEP_FLOAT_ONNX), ("int8, GRU in float", KEEP_FLOAT_ONNX + GRU_ONNX)]
         return [("int8", 8, None), ("int8, GRU activations int16", 8, GRU_TFLITE), ("int16 activations", 16, None)]
 
+    log("pytorch: saving the reference step program")
+    import torch
+
+    program = torch.export.export(Step(prepare(model)).eval(), (reference_frame(model), *example))
+    torch.export.save(program, str(out / "model.pt2"))
+    add("model.pt2", "model", format="pytorch", precision="fp32", io=_io(model, "step"), ops=["torch.export program (reference)"])
+
     if "onnx" in opt.formats:
         from export import to_onnx
 
@@ -229,7 +236,8 @@ def build(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options) -> d
     def runners(names):
         write_manifest(verification)
         bundle = Bundle(out)
-        return {n: open_runner(bundle, "onnxruntime" if n.endswith(".onnx") else "litert", files[n]["precision"]) for n in names}
+        backend = {"onnx": "onnxruntime", "tflite": "litert", "pytorch": "pytorch"}
+        return {n: open_runner(bundle, backend[files[n]["format"]], files[n]["precision"]) for n in names}
 
     log(f"parity: streaming {len(reference.frames)} frames of {opt.parity_name} through every model")
     for name, runner in runners(list(files)).items():

@@ -13,8 +13,8 @@ import numpy as np
 
 from runtime.bundle import Bundle, BundleError, ModelFile
 
-BACKENDS = ("onnxruntime", "litert")
-FORMAT = {"onnxruntime": "onnx", "litert": "tflite"}
+BACKENDS = ("onnxruntime", "litert", "pytorch")
+FORMAT = {"onnxruntime": "onnx", "litert": "tflite", "pytorch": "pytorch"}
 
 
 def compressed_features(frame: np.ndarray, power: float) -> np.ndarray:
@@ -120,8 +120,30 @@ class LiteRTRunner(Runner):
         return [it.get_tensor(i) for i in self.out_idx]
 
 
+class TorchRunner(Runner):
+    """The reference: the bundle's ``torch.export`` program of the PyTorch step. Needs torch, which
+    the runtime itself never imports otherwise."""
+
+    def __init__(self, bundle: Bundle, model: ModelFile, threads: int = 1):
+        super().__init__(bundle, model)
+        try:
+            import torch
+        except ImportError:
+            raise BundleError("the pytorch backend needs torch (pip install torch); the other backends do not") from None
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.module = torch.export.load(str(model.path)).module()
+
+    def run(self, x, states):
+        torch = self.torch
+        with torch.no_grad():
+            out = self.module(torch.from_numpy(x), *(torch.from_numpy(s) for s in states))
+        return [o.numpy() for o in out]
+
+
 def open_runner(bundle: Bundle, backend: str, precision: str, threads: int = 1) -> Runner:
     if backend not in BACKENDS:
         raise BundleError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     model = bundle.model(FORMAT[backend], precision)
-    return (OnnxRunner if backend == "onnxruntime" else LiteRTRunner)(bundle, model, threads)
+    cls = {"onnxruntime": OnnxRunner, "litert": LiteRTRunner, "pytorch": TorchRunner}[backend]
+    return cls(bundle, model, threads)

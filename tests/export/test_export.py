@@ -8,45 +8,28 @@ import soundfile as sf
 
 import export.__main__ as cli
 from distill import checkpoint
-from distill.data import synth_noise, synth_speech
-from distill.models import build
 from export import firmware, to_tflite
 from runtime.bundle import Bundle, BundleError, sha256
 
 FAST = ["--calibration-frames", "60", "--golden-frames", "20"]
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ck") / "small.pt"
-    model = build("student-30k")
-    checkpoint.save(path, model, step=0)
-    return path
+@pytest.fixture
+def bundle(small_bundle):
+    return small_bundle
 
 
-@pytest.fixture(scope="module")
-def devset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dev")
-    rng = np.random.default_rng(0)
-    for sub in ("noisy", "clean"):
-        (root / sub).mkdir()
-    for i in range(2):
-        clean = synth_speech(rng, 32000)
-        sf.write(root / "clean" / f"u{i}.wav", clean, 16000)
-        sf.write(root / "noisy" / f"u{i}.wav", clean + 0.2 * synth_noise(rng, 32000), 16000)
-    return root
+@pytest.fixture
+def ckpt(small_checkpoint):
+    return small_checkpoint
 
 
-@pytest.fixture(scope="module")
-def bundle(ckpt, devset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("b") / "bundle"
-    # an untrained model: the int8 budget is loosened, the check itself still runs end to end
-    rc = cli.main(["--checkpoint", str(ckpt), "--out", str(out), "--devset", str(devset), "--pesq-budget", "5", "--sisdr-budget", "50", *FAST])
-    assert rc == 0
-    return out
+@pytest.fixture
+def devset(small_devset):
+    return small_devset
 
 
-def test_manifest_lists_every_file_with_its_sha256(bundle):
+def test_manifest_lists_every_file_with_its_sha256(bundle, ckpt):
     m = json.loads((bundle / "manifest.json").read_text())
     assert m["schema"] == "tiny-denoise-bundle" and m["schema_version"] == 1
     on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} - {"manifest.json"}
@@ -54,9 +37,9 @@ def test_manifest_lists_every_file_with_its_sha256(bundle):
     for name, entry in m["files"].items():
         assert entry["sha256"] == sha256(bundle / name), name
     models = {(f["format"], f["precision"]) for f in m["files"].values() if f["kind"] == "model"}
-    assert models == {("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "int8"), ("tflite", "int8io")}
+    assert models == {("pytorch", "fp32"), ("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "int8"), ("tflite", "int8io")}
     assert m["signal"]["sample_rate"] == 16000 and m["signal"]["hop"] == 160 and m["signal"]["latency_ms"] == 20.0
-    assert [s["name"] for s in m["states"]] == list(build("student-30k").state_names())
+    assert [s["name"] for s in m["states"]] == list(checkpoint.load_model(ckpt).state_names())
     assert m["model"]["params"] > 0 and m["model"]["macs_per_frame"] > 0
     assert all(f["ops"] for f in m["files"].values() if f["kind"] == "model")
     assert (bundle / "README.md").read_text().startswith("# small.pt")
@@ -66,7 +49,7 @@ def test_manifest_lists_every_file_with_its_sha256(bundle):
 def test_fp32_parity_and_quality_recorded(bundle):
     ver = json.loads((bundle / "manifest.json").read_text())["verification"]
     assert ver["passed"]
-    for name in ("model.onnx", "model.tflite"):
+    for name in ("model.pt2", "model.onnx", "model.tflite"):
         assert ver["parity"][name]["mask_max_abs_error"] <= 1e-4
     assert set(ver["quality"]["results"]) == {"model.int8.onnx", "model.int8.tflite", "model.int8io.tflite"}
 
@@ -81,7 +64,7 @@ def test_exported_models_match_pytorch_when_streamed(bundle, ckpt):
     x, _ = sf.read(cli.SAMPLE, dtype="float32")
     ref = trace(model, x[:16000])
     b = Bundle(bundle)
-    for backend in ("onnxruntime", "litert"):
+    for backend in ("pytorch", "onnxruntime", "litert"):
         assert parity(open_runner(b, backend, "fp32"), ref)["mask_max_abs_error"] <= 1e-4
 
 

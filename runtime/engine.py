@@ -1,0 +1,113 @@
+"""The streaming engine: framing, one model step per hop, overlap-add, state; any backend.
+
+Everything about the signal comes from the bundle's manifest. ``process(block)`` takes any number
+of samples and returns every output sample completed so far, so block sizes do not change the
+output; the output lags the input by ``delay`` samples (window minus hop) plus the part of a hop
+still being collected. ``flush()`` pushes the rest out, ``reset()`` starts a new stream.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from scipy import fft
+
+from runtime.backends import Runner
+from runtime.bundle import Bundle
+
+
+def sqrt_hann(win: int, hop: int) -> np.ndarray:
+    """Periodic sqrt-Hann, scaled so that overlap-add of its square sums to one."""
+    w = np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / win))
+    return (w / np.sqrt((w**2).sum() / hop)).astype(np.float32)
+
+
+class Engine:
+    """Streams float32 16 kHz mono audio through a bundle model.
+
+    ``atten_limit_db`` limits how much the model may suppress: the mask becomes
+    ``g + (1 - g) * mask`` with ``g = 10 ** (-atten_limit_db / 20)``, i.e. a fraction ``g`` of the
+    noisy signal is always kept.
+    """
+
+    def __init__(self, bundle: Bundle, runner: Runner, atten_limit_db: float | None = None):
+        sig = bundle.signal
+        if sig["window"].split(":")[0] != "sqrt_hann":
+            raise ValueError(f"unsupported window {sig['window']!r}")
+        self.runner = runner
+        self.rate, self.hop, self.win, self.n_fft = sig["sample_rate"], sig["hop"], sig["win_length"], sig["n_fft"]
+        self.delay = self.win - self.hop
+        self.latency_ms = float(sig["latency_ms"])
+        self.macs_per_frame = int(bundle.manifest["model"]["macs_per_frame"])
+        self.window = sqrt_hann(self.win, self.hop)
+        self.floor = 0.0 if atten_limit_db is None else float(10 ** (-atten_limit_db / 20))
+        self.identity = np.zeros((sig["bins"], 2), np.float32)
+        self.identity[:, 0] = 1.0
+        self.times_ns = np.zeros(1 << 16, np.int64)  # per-frame compute time, grown by doubling
+        self.reset()
+
+    def reset(self) -> None:
+        self.frame = np.zeros(self.win, np.float32)  # analysis buffer; its last hop fills up
+        self.fill = 0
+        self.ola = np.zeros(self.win, np.float32)
+        self.states = self.runner.initial_state()
+        self.frames = 0
+        self.nonfinite_samples = 0
+        self.state_resets = 0
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        """Shape: block [N] -> [k * hop] (every hop of output completed by this block)."""
+        block = np.asarray(block, dtype=np.float32).reshape(-1)
+        bad = ~np.isfinite(block)
+        if bad.any():
+            self.nonfinite_samples += int(bad.sum())
+            block = np.where(bad, np.float32(0), block)
+        hop, head = self.hop, self.win - self.hop
+        out = np.empty(((self.fill + len(block)) // hop) * hop, np.float32)
+        pos = 0
+        for k in range(len(out) // hop):
+            take = hop - self.fill
+            self.frame[head + self.fill :] = block[pos : pos + take]
+            pos += take
+            self.fill = 0
+            self._step(out[k * hop : (k + 1) * hop])
+            self.frame[:head] = self.frame[hop:]
+        rest = len(block) - pos
+        self.frame[head + self.fill : head + self.fill + rest] = block[pos:]
+        self.fill += rest
+        return out
+
+    def _step(self, out: np.ndarray) -> None:
+        t0 = time.perf_counter_ns()
+        spec = fft.rfft(self.frame * self.window, self.n_fft)  # complex64 [F]
+        mask, states = self.runner(spec.view(np.float32).reshape(-1, 2), self.states)
+        if not np.isfinite(mask).all():  # a corrupted state would keep producing garbage
+            states = self.runner.initial_state()
+            mask = self.identity
+            self.state_resets += 1
+        self.states = states
+        m = np.ascontiguousarray(mask, dtype=np.float32).view(np.complex64)[:, 0]
+        if self.floor:
+            m = self.floor + (1 - self.floor) * m
+        y = fft.irfft(spec * m, self.n_fft)[: self.win] * self.window
+        self.ola += y
+        out[:] = self.ola[: self.hop]
+        self.ola[: -self.hop] = self.ola[self.hop :]
+        self.ola[-self.hop :] = 0
+        if self.frames == len(self.times_ns):
+            self.times_ns = np.concatenate([self.times_ns, np.zeros_like(self.times_ns)])
+        self.times_ns[self.frames] = time.perf_counter_ns() - t0
+        self.frames += 1
+
+    def flush(self) -> np.ndarray:
+        """Zeros through the pipeline until every sample given so far has come out."""
+        return self.process(np.zeros((self.hop - self.fill) % self.hop + self.delay, np.float32))
+
+    def run(self, signal: np.ndarray, block: int = 160) -> np.ndarray:
+        """A whole signal in blocks, aligned to the input and cut to its length."""
+        parts = [self.process(signal[i : i + block]) for i in range(0, len(signal), block)]
+        y = np.concatenate([*parts, self.flush()])
+        return y[self.delay : self.delay + len(signal)]
+
+    def frame_times_us(self) -> np.ndarray:
+        return self.times_ns[: self.frames] / 1e3

@@ -1,0 +1,64 @@
+"""What a streaming run measured: per-frame compute latency, real-time factor, latency, MACs,
+drop-outs and the machine, as a dict for JSON and a few lines for people."""
+from __future__ import annotations
+
+import os
+import platform
+
+import numpy as np
+
+from runtime.engine import Engine
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware", "cpu model"):
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict:
+    return {"cpu": cpu_model(), "arch": platform.machine(), "cores": os.cpu_count(), "os": platform.platform(), "python": platform.python_version()}
+
+
+def build(engine: Engine, backend: str, precision: str, threads: int, audio_seconds: float, **extra) -> dict:
+    t = engine.frame_times_us()
+    frames_per_second = engine.rate / engine.hop
+    pct = {f"p{q}": float(np.percentile(t, q)) if len(t) else None for q in (50, 95, 99)}
+    return {
+        "backend": backend,
+        "precision": precision,
+        "threads": threads,
+        "frames": engine.frames,
+        "audio_seconds": round(audio_seconds, 3),
+        "frame_compute_us": {**pct, "max": float(t.max()) if len(t) else None, "mean": float(t.mean()) if len(t) else None},
+        "real_time_factor": float(t.sum() / 1e6 / audio_seconds) if audio_seconds else None,
+        "algorithmic_latency_ms": engine.latency_ms,
+        "macs_per_frame": engine.macs_per_frame,
+        "mmacs_per_second": engine.macs_per_frame * frames_per_second / 1e6,
+        "nonfinite_samples_replaced": engine.nonfinite_samples,
+        "state_resets": engine.state_resets,
+        "machine": machine(),
+        **extra,
+    }
+
+
+def summary(r: dict) -> str:
+    c = r["frame_compute_us"]
+    lines = [
+        f"backend {r['backend']} ({r['precision']}, {r['threads']} thread(s)) on {r['machine']['cpu']} [{r['machine']['arch']}, {r['machine']['cores']} cores]",
+        f"frames {r['frames']} ({r['audio_seconds']:.2f} s of audio); per-frame compute p50 {c['p50']:.0f} us, p95 {c['p95']:.0f} us, "
+        f"p99 {c['p99']:.0f} us, max {c['max']:.0f} us; real-time factor {r['real_time_factor']:.3f}"
+        if r["frames"]
+        else "frames 0",
+        f"algorithmic latency {r['algorithmic_latency_ms']:.1f} ms; {r['macs_per_frame'] / 1e3:.1f} k MACs/frame = {r['mmacs_per_second']:.1f} MMAC/s",
+    ]
+    extras = [f"{k.replace('_', ' ')} {r[k]}" for k in ("input_overflows", "output_underflows", "nonfinite_samples_replaced", "state_resets") if r.get(k)]
+    if extras:
+        lines.append("; ".join(extras))
+    return "\n".join(lines)
