@@ -25,6 +25,7 @@ from tqdm import tqdm
 from distill import checkpoint
 from distill.data import AudioFolder, MixConfig, MixtureSampler, PairedSampler, SyntheticSampler, paired_files
 from distill.dsp import apply_mask, istft, stft
+from distill.kd import METHODS, KDConfig, dfkd, dispatch_l2, gram_loss, output_kd
 from distill.losses import parse_weights, si_sdr, supervised
 from distill.models import PRESETS, build, config_from_dict, cost
 from runtime.audio import AudioError, load
@@ -56,6 +57,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--final-lr", type=float, default=0.02, help="cosine decay ends at this fraction of --lr")
     g.add_argument("--clip", type=float, default=5.0, help="gradient norm clip")
     g.add_argument("--loss", default="spec=1,sisdr=0.01", help="weighted supervised terms: sisdr, spec, psa")
+    g = p.add_argument_group("distillation (see README: Distillation)")
+    g.add_argument("--teacher", help="frozen teacher checkpoint")
+    g.add_argument("--kd", choices=METHODS, default="none", help="KD method")
+    g.add_argument("--kd-weight", type=float, default=1.0, help="weight of the KD term added to the supervised loss")
+    g.add_argument("--kd-topk", type=float, default=0.8, help="DISPatch: fraction of patches kept per utterance")
+    g.add_argument("--kd-positive", action="store_true", help="DISPatch: keep only patches with KGS > 0")
+    g.add_argument("--kd-sb", type=int, default=20, help="DISPatch-L2 patch width (bins)")
+    g.add_argument("--kd-sb-low", type=int, help="DFKD low-band patch width (default 10 with MSSP, else 20)")
+    g.add_argument("--kd-sb-high", type=int, help="DFKD high-band patch width (default 40 with MSSP, else 20)")
+    g.add_argument("--kd-beta", type=float, default=0.5, help="DFKD: cosine weight in the high band")
+    g.add_argument("--gram-layers", default=",".join(KDConfig.gram_layers), help="activations matched by Gram KD")
+    g.add_argument("--gram-mode", choices=("f", "t", "tf"), default="f", help="per-frame FxF, TxT, or (TxF)^2 in blocks")
+    g.add_argument("--gram-chunk", type=int, default=8, help="frames per block for --gram-mode tf")
+    g.add_argument("--two-step-split", type=float, default=0.3, help="two-step: fraction of steps in step 1 (KD only)")
+    g.add_argument("--step1-output-kd", type=float, default=0.0, help="two-step: output-KD weight added in step 1")
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="run folder (checkpoints, logs)")
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
@@ -71,7 +87,29 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("give exactly one data source: --clean DIR --noise DIR, --paired NOISY CLEAN, or --synthetic")
     if bool(args.clean) != bool(args.noise):
         p.error("--clean and --noise go together")
+    if (args.kd != "none") != bool(args.teacher):
+        p.error("--kd METHOD and --teacher CKPT go together")
     return args
+
+
+def kd_config(args) -> KDConfig | None:
+    if args.kd == "none":
+        return None
+    return KDConfig(
+        method=args.kd,
+        weight=args.kd_weight,
+        topk=args.kd_topk,
+        positive_only=args.kd_positive,
+        sb=args.kd_sb,
+        sb_low=args.kd_sb_low,
+        sb_high=args.kd_sb_high,
+        beta=args.kd_beta,
+        gram_layers=tuple(x.strip() for x in args.gram_layers.split(",") if x.strip()),
+        gram_mode=args.gram_mode,
+        gram_chunk=args.gram_chunk,
+        split=args.two_step_split,
+        step1_output_kd=args.step1_output_kd,
+    )
 
 
 def make_sampler(args, seed: int):
@@ -95,14 +133,48 @@ def validation_set(args, sampler, sample_rate: int) -> list[tuple[np.ndarray, np
     return list(zip(noisy, clean))
 
 
-def forward_loss(model, weights, noisy, clean):
-    """Supervised loss of one batch. Returns the total, its terms and the batch SI-SDR (dB)."""
-    cfg = model.config.stft
-    ns, cs = stft(noisy, cfg), stft(clean, cfg)  # [B, T, F, 2]
-    es = apply_mask(ns, model(ns))  # [B, T, F, 2]
-    ew = istft(es, cfg, noisy.shape[-1])  # [B, L]
-    terms = supervised(weights, ew, clean, es, cs, ns)
-    return sum(terms.values()), terms, si_sdr(ew.detach(), clean).mean()
+class Objective:
+    """The loss of one batch: supervised terms, plus a KD term against a frozen teacher whose
+    outputs are computed once per batch. Two-step KD trains on the KD loss alone for the first
+    ``split`` of the steps and on the supervised loss alone afterwards."""
+
+    def __init__(self, weights: dict[str, float], kd: KDConfig | None = None, teacher: torch.nn.Module | None = None, total_steps: int = 0):
+        self.weights, self.kd, self.teacher, self.total_steps = weights, kd, teacher, total_steps
+        names = list(weights)
+        if kd is not None:
+            names += ["gram", "kd_out"] if kd.method == "two-step" else ["kd"]
+        self.term_names = names
+
+    def __call__(self, model, noisy, clean, step: int):
+        """Returns the total, its terms and the batch SI-SDR (dB)."""
+        cfg = model.config.stft
+        kd = self.kd
+        method = kd.method if kd else "none"
+        step1 = method == "two-step" and step < kd.split * self.total_steps
+        taps = method == "gram" or step1
+        ns, cs = stft(noisy, cfg), stft(clean, cfg)  # [B, T, F, 2]
+        mask, acts = model(ns, taps=True) if taps else (model(ns), None)
+        es = apply_mask(ns, mask)  # [B, T, F, 2]
+        ew = istft(es, cfg, noisy.shape[-1])  # [B, L]
+        terms = {} if step1 else supervised(self.weights, ew, clean, es, cs, ns)
+        if method != "none" and (method != "two-step" or step1):
+            with torch.no_grad():
+                t_mask, t_acts = self.teacher(ns, taps=True) if taps else (self.teacher(ns), None)
+                ts = apply_mask(ns, t_mask)
+                tw = istft(ts, cfg, noisy.shape[-1])
+            if method == "output":
+                terms["kd"] = kd.weight * output_kd(es, ts)
+            elif method == "dispatch":
+                terms["kd"] = kd.weight * dispatch_l2(ew, tw, clean, kd)
+            elif method in ("dfkd", "dispatch-mssp"):
+                terms["kd"] = kd.weight * dfkd(ew, tw, clean, kd)
+            elif method == "gram":
+                terms["kd"] = kd.weight * gram_loss(acts, t_acts, kd)
+            else:
+                terms["gram"] = kd.weight * gram_loss(acts, t_acts, kd)
+                if kd.step1_output_kd:
+                    terms["kd_out"] = kd.step1_output_kd * output_kd(es, ts)
+        return sum(terms.values()), terms, si_sdr(ew.detach(), clean).mean()
 
 
 @torch.no_grad()
@@ -181,6 +253,20 @@ def main(argv=None) -> int:
         torch.set_rng_state(state["torch_rng"])
         print(f"resuming {last} at step {step}")
     (out / "args.json").write_text(json.dumps(vars(args), indent=2))
+    teacher = None
+    if args.teacher:
+        try:
+            teacher = checkpoint.load_model(args.teacher)
+        except checkpoint.CheckpointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        teacher.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+        print(f"teacher {args.teacher}: {cost(teacher)}")
+    try:
+        objective = Objective(weights, kd_config(args), teacher, args.steps)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     c = cost(model)
     print(f"model {args.model}: {c}")
@@ -188,8 +274,7 @@ def main(argv=None) -> int:
     from torch.utils.tensorboard import SummaryWriter
 
     tb = SummaryWriter(str(out / "tb"))
-    term_names = sorted(weights)
-    train_log = CsvLog(out / "train.csv", ["step", "time", "lr", "loss", *(f"loss_{k}" for k in term_names), "sisdr", "grad_norm", "skipped"])
+    train_log = CsvLog(out / "train.csv", ["step", "time", "lr", "loss", *(f"loss_{k}" for k in objective.term_names), "sisdr", "grad_norm", "skipped"])
     val_log = CsvLog(out / "val.csv", ["step", "time", "val_sisdr", "val_sisdri"])
 
     def save(path):
@@ -222,7 +307,7 @@ def main(argv=None) -> int:
         noisy, clean = pending.result()
         pending = pool.submit(sampler.batch, step + 1, args.batch)
         buffers = [b.clone() for b in model.buffers()]  # BatchNorm statistics, restored if this step goes bad
-        loss, terms, sisdr = forward_loss(model, weights, torch.from_numpy(noisy), torch.from_numpy(clean))
+        loss, terms, sisdr = objective(model, torch.from_numpy(noisy), torch.from_numpy(clean), step)
         optimizer.zero_grad(set_to_none=True)
         bad = not torch.isfinite(loss)
         if not bad:

@@ -111,12 +111,17 @@ class CRN(nn.Module):
         B, T, _ = y.shape
         return y.reshape(B, T, self.config.channels[-1], self.bins[-1]).permute(0, 2, 1, 3)
 
-    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+    def forward(self, spec: torch.Tensor, taps: bool = False):
+        """Mask for a whole sequence; with ``taps``, also the activations by name (``enc{l}``,
+        ``rnn``, ``dec{l}``: each [B, C, T, F], ``dec{l}`` on the grid of ``enc{l-1}``) for
+        feature distillation."""
+        acts = {}
         x = self.features(spec)  # [B, 3, T, F]
         skips = []
         for conv, norm in zip(self.encoder, self.enc_norms):
             x = self.act(norm(conv(x)))  # [B, C_l, T, F_l]
             skips.append(x)
+            acts[f"enc{len(skips) - 1}"] = x
         y = self._bottleneck(x)  # [B, T, C*F]
         if self.rnn_in is not None:
             y = self.rnn_in(y)  # [B, T, H]
@@ -124,12 +129,14 @@ class CRN(nn.Module):
             y, _ = rnn(y, rnn.initial_state(y.shape[0]).to(y))  # [B, T, H]
         if self.rnn_out is not None:
             y = self.rnn_out(y)  # [B, T, C*F]
-        x = self._unflatten(y)  # [B, C_L, T, F_L]
+        x = acts["rnn"] = self._unflatten(y)  # [B, C_L, T, F_L]
         for l in reversed(range(len(self.decoder))):
             x = self.decoder[l](x + self.skips[l](skips[l]))  # [B, C_{l-1}, T, F_{l-1}]
             if l > 0:
                 x = self.act(self.dec_norms[l - 1](x))
-        return self.bound(x)  # [B, T, F, 2]
+            acts[f"dec{l}"] = x
+        mask = self.bound(x)  # [B, T, F, 2]
+        return (mask, acts) if taps else mask
 
     def fold_batchnorm(self) -> "CRN":
         """A copy in eval mode with every BatchNorm folded into the convolution before it; same
