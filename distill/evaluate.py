@@ -27,6 +27,57 @@ METRICS = ("pesq", "estoi", "si_sdr", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")
 HEADERS = {"pesq": "PESQ", "estoi": "ESTOI", "si_sdr": "SI-SDR", "dnsmos_sig": "SIG", "dnsmos_bak": "BAK", "dnsmos_ovrl": "OVRL"}
 
 
+def read_set(noisy_dir: Path, clean_dir: Path, limit: int | None = None, sample_rate: int = SAMPLE_RATE) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, noisy, clean) of every readable pair, cut to a common length; ``limit`` takes that
+    many pairs spread evenly over the set."""
+    pairs = paired_files(noisy_dir, clean_dir)
+    if limit and limit < len(pairs):
+        pairs = [pairs[i] for i in np.linspace(0, len(pairs) - 1, limit).round().astype(int)]
+    items = []
+    for noisy_path, clean_path in pairs:
+        try:
+            noisy, clean = load(noisy_path, sample_rate), load(clean_path, sample_rate)
+        except AudioError as e:
+            tqdm.write(f"skipping {noisy_path.name}: {e}")
+            continue
+        n = min(len(noisy), len(clean))
+        items.append((noisy_path.stem, noisy[:n], clean[:n]))
+    return items
+
+
+def read_snrs(data: Path | None) -> dict[str, float]:
+    """Input SNR per file name from a rendered dev set's meta.csv (empty without one)."""
+    meta = data / "meta.csv" if data else None
+    if not meta or not meta.is_file():
+        return {}
+    with meta.open() as f:
+        return {Path(r["file"]).stem: float(r["snr_db"]) for r in csv.DictReader(f)}
+
+
+def enhancer(model):
+    """Offline enhancement of one signal with a model's ``forward``."""
+
+    def run(noisy: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return enhance(model, torch.from_numpy(noisy)[None])[0].numpy()
+
+    return run
+
+
+def score(items, enhance_fn=None, with_dnsmos: bool = True, desc: str = "evaluate", save: Path | None = None) -> dict[str, dict]:
+    """Metrics per file of ``enhance_fn(noisy)`` (of the noisy input itself when None); with
+    ``save``, the enhanced signals are also written there as ``<name>.wav``."""
+    out = {}
+    if save:
+        save.mkdir(parents=True, exist_ok=True)
+    for key, noisy, clean in tqdm(items, desc=desc, dynamic_ncols=True, leave=False):
+        est = noisy if enhance_fn is None else enhance_fn(noisy)
+        if save:
+            write(save / f"{key}.wav", est, SAMPLE_RATE)
+        out[key] = all_metrics(est, clean, with_dnsmos)
+    return out
+
+
 def summarise(per_file: dict[str, dict], snr_of: dict[str, float]) -> dict:
     names = sorted(per_file)
     mean = {m: float(np.nanmean([per_file[n][m] for n in names])) for m in METRICS if m in per_file[names[0]]}
@@ -62,7 +113,7 @@ def main(argv=None) -> int:
     if noisy_dir is None or clean_dir is None:
         p.error("give --data DIR, or --noisy DIR and --clean DIR")
     try:
-        pairs = paired_files(noisy_dir, clean_dir)[: args.limit]
+        items = read_set(noisy_dir, clean_dir, args.limit)
         stems = [ck.stem for ck in args.checkpoint]
         names = [ck.stem if stems.count(ck.stem) == 1 else f"{ck.parent.name}/{ck.stem}" for ck in args.checkpoint]
         models = {name: checkpoint.load_model(ck) for name, ck in zip(names, args.checkpoint)}
@@ -75,39 +126,22 @@ def main(argv=None) -> int:
     except (AudioError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    snr_of = {}
-    meta = args.data / "meta.csv" if args.data else None
-    if meta and meta.is_file():
-        with meta.open() as f:
-            snr_of = {Path(r["file"]).stem: float(r["snr_db"]) for r in csv.DictReader(f)}
-
-    results = {"noisy": {}, **{n: {} for n in models}, **{n: {} for n in enhanced_dirs}}
+    snr_of = read_snrs(args.data)
     with_dnsmos = not args.no_dnsmos
-    for noisy_path, clean_path in tqdm(pairs, desc="evaluate", dynamic_ncols=True):
-        key = noisy_path.stem
-        try:
-            noisy, clean = load(noisy_path, SAMPLE_RATE), load(clean_path, SAMPLE_RATE)
-        except AudioError as e:
-            tqdm.write(f"skipping {noisy_path.name}: {e}")
-            continue
-        n = min(len(noisy), len(clean))
-        noisy, clean = noisy[:n], clean[:n]
-        results["noisy"][key] = all_metrics(noisy, clean, with_dnsmos)
-        for name, model in models.items():
-            with torch.no_grad():
-                est = enhance(model, torch.from_numpy(noisy)[None])[0].numpy()
-            if args.save_enhanced:
-                (args.save_enhanced / name).mkdir(parents=True, exist_ok=True)  # name may hold a '/': nested folders
-                write(args.save_enhanced / name / f"{key}.wav", est, SAMPLE_RATE)
-            results[name][key] = all_metrics(est, clean, with_dnsmos)
-        for name, d in enhanced_dirs.items():
-            candidates = [d / f"{key}{s}" for s in (".wav", ".flac")]
-            path = next((c for c in candidates if c.is_file()), None)
+    results = {"noisy": score(items, None, with_dnsmos, "noisy")}
+    for name, model in models.items():
+        save = args.save_enhanced / name if args.save_enhanced else None  # name may hold a '/': nested folders
+        results[name] = score(items, enhancer(model), with_dnsmos, name, save)
+    for name, d in enhanced_dirs.items():
+        found = {}
+        for key, noisy, clean in items:
+            path = next((c for c in (d / f"{key}.wav", d / f"{key}.flac") if c.is_file()), None)
             if path is None:
                 tqdm.write(f"{name}: no enhanced file for {key}; skipped")
                 continue
-            est = load(path, SAMPLE_RATE)[:n]
-            results[name][key] = all_metrics(np.pad(est, (0, n - len(est))), clean, with_dnsmos)
+            est = load(path, SAMPLE_RATE)[: len(noisy)]
+            found[key] = all_metrics(np.pad(est, (0, len(noisy) - len(est))), clean, with_dnsmos)
+        results[name] = found
 
     systems = {name: summarise(r, snr_of) for name, r in results.items() if r}
     print(f"\n{len(results['noisy'])} files from {noisy_dir}\n")

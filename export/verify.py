@@ -68,15 +68,6 @@ def judge(results: dict, pesq_budget: float, sisdr_budget: float) -> dict:
 
 
 def load_pairs(devset: Path, limit: int | None, sample_rate: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from distill.data import paired_files
-    from runtime.audio import load
+    from distill.evaluate import read_set
 
-    pairs = paired_files(devset / "noisy", devset / "clean")
-    if limit and limit < len(pairs):
-        pairs = [pairs[i] for i in np.linspace(0, len(pairs) - 1, limit).round().astype(int)]
-    out = []
-    for n, c in pairs:
-        noisy, clean = load(n, sample_rate), load(c, sample_rate)
-        k = min(len(noisy), len(clean))
-        out.append((noisy[:k], clean[:k]))
-    return out
+    return [(noisy, clean) for _, noisy, clean in read_set(devset / "noisy", devset / "clean", limit, sample_rate)]

@@ -1,0 +1,201 @@
+"""KD ablation: the same students, data, steps and seeds under each distillation method.
+
+``python -m benchmarks.kd_ablation --data ../shared/data --teacher TEACHER.pt --devset data/devset``
+
+Trains every (student size, method, seed) with ``distill.train`` into ``OUT/runs/...``, skipping
+finished runs and resuming interrupted ones (so the ablation can be spread over several sittings),
+scores each on the dev test set (PESQ, ESTOI, SI-SDR, DNSMOS OVRL; overall and at -5 dB input
+SNR), and writes ``OUT/results.md``, ``results.json``, ``results.png`` and ``commands.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from distill import checkpoint, train
+from distill.evaluate import enhancer, read_set, read_snrs, score, summarise
+from runtime.bundle import sha256
+
+# The KD weight of each method puts its term at about the size of the supervised loss at the start
+# of training (measured on one batch); they are not tuned on the results.
+METHODS = {
+    "none": [],
+    "output": ["--kd", "output", "--kd-weight", "1.0"],
+    "dispatch": ["--kd", "dispatch", "--kd-weight", "1.5"],
+    "dfkd": ["--kd", "dfkd", "--kd-weight", "0.1"],
+    "dispatch-mssp": ["--kd", "dispatch-mssp", "--kd-weight", "0.1"],
+    "two-step": ["--kd", "two-step", "--kd-weight", "1.0", "--two-step-split", "0.3"],
+}
+METRICS = ("pesq", "estoi", "si_sdr", "dnsmos_ovrl")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.kd_ablation", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, type=Path, help="folder with clean/ and noise/")
+    p.add_argument("--teacher", required=True, type=Path)
+    p.add_argument("--devset", required=True, type=Path, help="rendered dev test set (python -m distill.devset render)")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "kd_ablation")
+    p.add_argument("--sizes", default="student,student-30k")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--eval-only", action="store_true", help="score finished runs, train nothing")
+    return p.parse_args(argv)
+
+
+def train_args(args, size: str, method: str, seed: int, out: Path) -> list[str]:
+    base = [
+        "--model", size, "--clean", str(args.data / "clean"), "--noise", str(args.data / "noise"),
+        "--exclude", "distill/splits/dev_clean.txt", "--exclude", "distill/splits/dev_noise.txt",
+        "--steps", str(args.steps), "--batch", str(args.batch), "--warmup", str(max(args.steps // 10, 1)),
+        "--seed", str(seed), "--threads", str(args.threads), "--val-dir", str(args.devset), "--val-files", "20",
+        "--val-every", str(args.steps), "--ckpt-every", "50", "--out", str(out), "--resume", "--no-progress",
+    ]  # fmt: skip
+    return base + (["--teacher", str(args.teacher)] if METHODS[method] else []) + METHODS[method]
+
+
+def finished(run: Path, steps: int) -> bool:
+    last = run / "last.pt"
+    return last.is_file() and checkpoint.read(last).get("step", 0) >= steps
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        print(f"error: unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    commands = []
+    for size in sizes:
+        for method in methods:
+            for seed in args.seeds:
+                run = args.out / "runs" / size / method / f"seed{seed}"
+                argv_run = train_args(args, size, method, seed, run)
+                commands.append("python -m distill.train " + " ".join(argv_run))
+                if args.eval_only or finished(run, args.steps):
+                    continue
+                print(f"\n== training {size} / {method} / seed {seed} -> {run}", flush=True)
+                run.mkdir(parents=True, exist_ok=True)
+                code = train.main(argv_run)
+                if code:
+                    print(f"error: run {run} stopped with exit code {code}; run the ablation again to resume it", file=sys.stderr)
+                    return code
+    (args.out / "commands.md").write_text(
+        "# Commands of the KD ablation\n\n"
+        f"Driver: `python -m benchmarks.kd_ablation --data {args.data} --teacher {args.teacher} --devset {args.devset} "
+        f"--steps {args.steps} --batch {args.batch} --seeds {' '.join(map(str, args.seeds))}`\n\n"
+        f"Teacher: `{args.teacher}` (sha256 `{sha256(args.teacher)}`, step {checkpoint.read(args.teacher).get('step')})\n\n"
+        "Each run:\n\n```sh\n" + "\n".join(commands) + "\n```\n"
+    )
+    return evaluate(args, sizes, methods)
+
+
+def evaluate(args, sizes, methods) -> int:
+    items = read_set(args.devset / "noisy", args.devset / "clean")
+    snr_of = read_snrs(args.devset)
+    cache = args.out / "scores"
+    cache.mkdir(exist_ok=True)
+
+    def cached(name, fn):
+        path = cache / f"{name.replace('/', '_')}.json"
+        if not path.is_file():
+            path.write_text(json.dumps(fn()))
+        return json.loads(path.read_text())
+
+    noisy = summarise(cached("noisy", lambda: score(items, None, True, "noisy")), snr_of)
+    results = {"noisy": noisy, "runs": {}}
+    for size in sizes:
+        for method in methods:
+            for seed in args.seeds:
+                run = args.out / "runs" / size / method / f"seed{seed}"
+                if not finished(run, args.steps):
+                    print(f"note: {run} is not finished; left out of the table")
+                    continue
+                name = f"{size}/{method}/seed{seed}"
+                per_file = cached(name, lambda run=run, name=name: score(items, enhancer(checkpoint.load_model(run / "last.pt")), True, name))
+                results["runs"][name] = summarise(per_file, snr_of)
+    table = aggregate(results, sizes, methods, args.seeds)
+    (args.out / "results.json").write_text(json.dumps({"steps": args.steps, "batch": args.batch, "seeds": args.seeds, "table": table, **results}, indent=1))
+    md = markdown(table, noisy, len(items), args)
+    (args.out / "results.md").write_text(md)
+    plot(table, noisy, args.out / "results.png")
+    print(md)
+    return 0
+
+
+def aggregate(results, sizes, methods, seeds) -> dict:
+    """Mean and spread (population std) over seeds, overall and at -5 dB, per size and method."""
+    table = {}
+    for size in sizes:
+        for method in methods:
+            runs = [results["runs"].get(f"{size}/{method}/seed{s}") for s in seeds]
+            runs = [r for r in runs if r]
+            if not runs:
+                continue
+            row = {"seeds": len(runs)}
+            for scope in ("mean", "-5"):
+                for m in METRICS:
+                    vals = [r["mean"][m] if scope == "mean" else r["by_snr"]["-5"][m] for r in runs]
+                    row[f"{scope}/{m}"] = (float(np.mean(vals)), float(np.std(vals)))
+            table[f"{size}/{method}"] = row
+    return table
+
+
+def markdown(table, noisy, files, args) -> str:
+    head = ["PESQ", "ESTOI", "SI-SDR", "OVRL"]
+    lines = [
+        f"Dev test set ({files} files), mean ± spread over {len(args.seeds)} seeds; each run {args.steps} steps of {args.batch} x 4 s.",
+        "",
+        "| student | method | " + " | ".join(head) + " | " + " | ".join(f"{h} @-5 dB" for h in head) + " |",
+        "|---|---|" + "---:|" * 8,
+    ]
+    n, n5 = noisy["mean"], noisy["by_snr"]["-5"]
+    lines.append("| (noisy input) | | " + " | ".join(f"{n[m]:.3f}" if m != "si_sdr" else f"{n[m]:.2f}" for m in METRICS) + " | "
+                 + " | ".join(f"{n5[m]:.3f}" if m != "si_sdr" else f"{n5[m]:.2f}" for m in METRICS) + " |")  # fmt: skip
+    for key, row in table.items():
+        size, method = key.split("/")
+        cells = []
+        for scope in ("mean", "-5"):
+            for m in METRICS:
+                mu, sd = row[f"{scope}/{m}"]
+                cells.append(f"{mu:.2f} ± {sd:.2f}" if m == "si_sdr" else f"{mu:.3f} ± {sd:.3f}")
+        lines.append(f"| {size} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(table, noisy, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({k.split("/")[0] for k in table})
+    fig, axes = plt.subplots(len(sizes), len(METRICS), figsize=(4 * len(METRICS), 3 * len(sizes)), squeeze=False)
+    for i, size in enumerate(sizes):
+        keys = [k for k in table if k.startswith(size + "/")]
+        for j, m in enumerate(METRICS):
+            ax = axes[i][j]
+            mu = [table[k][f"mean/{m}"][0] for k in keys]
+            sd = [table[k][f"mean/{m}"][1] for k in keys]
+            ax.bar(range(len(keys)), mu, yerr=sd, capsize=3)
+            ax.axhline(noisy["mean"][m], color="grey", linestyle="--", linewidth=1)
+            ax.set_xticks(range(len(keys)), [k.split("/")[1] for k in keys], rotation=45, ha="right")
+            lo = min(mu) - 2 * max(sd + [1e-3])
+            ax.set_ylim(bottom=min(lo, noisy["mean"][m]) * 0.98 if m != "si_sdr" else None)
+            ax.set_title(f"{size}: {m}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
