@@ -6,6 +6,7 @@ on ``(seed, step)``, so a resumed run sees exactly the batches an uninterrupted 
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -225,6 +226,39 @@ class PairedSampler(Sampler):
             gain = min(gain, c.peak / (np.abs(noisy).max() + 1e-12))
             return (noisy * gain).astype(np.float32), (clean * gain).astype(np.float32)
         raise AudioError(f"{self.noisy.root}: could not read a pair after 100 attempts")
+
+
+class PooledSampler(Sampler):
+    """A fixed pool of examples drawn once from another sampler, each with the DNSMOS OVRL of its
+    noisy input (for metric-guided training). The scores are cached in ``cache``, keyed by the
+    pool's size, seed and source, so later runs on the same pool start at once. Batches are random
+    draws from the pool: ``batch`` returns ``(noisy, clean, ovrl)``.
+    """
+
+    def __init__(self, base: Sampler, size: int, cache: Path | None, seed: int = 0, describe: str = ""):
+        super().__init__(base.config, seed)
+        from tqdm import tqdm
+
+        from distill.metrics import dnsmos_ovrl_window
+
+        chunk = 64
+        parts = [base.batch(i, min(chunk, size - i * chunk), stream=2) for i in tqdm(range(-(-size // chunk)), desc="pool: mixing", leave=False)]
+        self.noisy = np.concatenate([p[0] for p in parts]).astype(np.float16)  # half the memory; ample for 16-bit audio
+        self.clean = np.concatenate([p[1] for p in parts]).astype(np.float16)
+        key = hashlib.sha1(f"{describe}|{base.config}|{base.seed}|{size}".encode()).hexdigest()[:16]
+        path = Path(cache) / f"ovrl_{key}.npy" if cache else None
+        if path is not None and path.is_file():
+            self.ovrl = np.load(path)
+        else:
+            scores = [dnsmos_ovrl_window(self.noisy[i : i + chunk].astype(np.float32)) for i in tqdm(range(0, size, chunk), desc="pool: DNSMOS", leave=False)]
+            self.ovrl = np.concatenate(scores)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(path, self.ovrl)
+
+    def batch(self, step: int, size: int, stream: int = 0):
+        idx = np.random.default_rng([self.seed, stream, step]).integers(len(self.noisy), size=size)
+        return self.noisy[idx].astype(np.float32), self.clean[idx].astype(np.float32), self.ovrl[idx]
 
 
 # ---------------------------------------------------------------- procedural audio for tests

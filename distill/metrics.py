@@ -64,6 +64,20 @@ def dnsmos(x: np.ndarray) -> dict[str, float]:
     return {k: float(np.mean(np.polyval(_DNSMOS_POLY[k], raw[:, i]))) for i, k in enumerate(("sig", "bak", "ovrl"))}
 
 
+def dnsmos_ovrl_window(signals: np.ndarray, batch: int = 16) -> np.ndarray:
+    """DNSMOS OVRL of many short signals, each tiled to exactly one 9.01 s model window: a single
+    model call per signal (the full scorer tiles by doubling and averages several windows), for
+    scoring thousands of training mixtures.
+
+    Shape: signals [N, L] -> [N]
+    """
+    n = int(_DNSMOS_WINDOW * SAMPLE_RATE)
+    reps = -(-n // signals.shape[1])
+    windows = np.clip(np.tile(signals.astype(np.float32), (1, reps))[:, :n], -1, 1)  # [N, n]
+    out = [_dnsmos_session().run(None, {"input_1": windows[i : i + batch]})[0][:, 2] for i in range(0, len(windows), batch)]
+    return np.polyval(_DNSMOS_POLY["ovrl"], np.concatenate(out)).astype(np.float32)
+
+
 def all_metrics(est: np.ndarray, ref: np.ndarray, with_dnsmos: bool = True) -> dict[str, float]:
     out = {"pesq": pesq_wb(est, ref), "estoi": estoi(est, ref), "si_sdr": si_sdr(est, ref)}
     if with_dnsmos:

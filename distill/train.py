@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+from dataclasses import dataclass
 import json
 import logging
 import math
@@ -23,11 +24,11 @@ import torch
 from tqdm import tqdm
 
 from distill import checkpoint
-from distill.data import AudioFolder, MixConfig, MixtureSampler, PairedSampler, SyntheticSampler, paired_files
+from distill.data import AudioFolder, MixConfig, MixtureSampler, PairedSampler, PooledSampler, SyntheticSampler, paired_files
 from distill.dsp import apply_mask, istft, stft
 from distill.kd import METHODS, KDConfig, dfkd, dispatch_l2, gram_loss, output_kd
 from distill.losses import parse_weights, si_sdr, supervised
-from distill.models import PRESETS, build, config_from_dict, cost
+from distill.models import PRESETS, build, config_from_dict, cost, gated_cost
 from runtime.audio import AudioError, load
 
 
@@ -36,6 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="student", help=f"preset ({', '.join(PRESETS)}) or registry name (crn)")
     g.add_argument("--config", help="JSON object of model config fields overriding the preset")
+    g.add_argument("--init", help="start from this checkpoint's model and weights (fine-tuning; --model/--config ignored)")
     g = p.add_argument_group("data (one source)")
     g.add_argument("--clean", help="folder of clean speech (any depth, WAV/FLAC/OGG, any rate)")
     g.add_argument("--noise", help="folder of noise recordings")
@@ -72,6 +74,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--gram-chunk", type=int, default=8, help="frames per block for --gram-mode tf")
     g.add_argument("--two-step-split", type=float, default=0.3, help="two-step: fraction of steps in step 1 (KD only)")
     g.add_argument("--step1-output-kd", type=float, default=0.0, help="two-step: output-KD weight added in step 1")
+    g = p.add_argument_group("dynamic slimming (gated models, see README: Dynamic slimming)")
+    g.add_argument("--usage-target", type=float, default=0.5, help="target MAC-weighted usage of the gated branches")
+    g.add_argument("--cost-weight", type=float, default=1.0, help="weight of (usage - target)^2")
+    g.add_argument("--tau", type=float, nargs=2, default=(2.0, 0.2), metavar=("START", "END"), help="Gumbel temperature, annealed exponentially")
+    g.add_argument("--gate-warmup", type=float, default=0.0, help="fraction of steps with every gate forced on (1: a static full-width run)")
+    g.add_argument("--mgt", action="store_true", help="metric-guided: per-mixture usage target from the DNSMOS OVRL of its noisy input")
+    g.add_argument("--mgt-ovrl", type=float, nargs=2, default=(1.4, 2.8), metavar=("BAD", "GOOD"), help="OVRL range mapped onto --mgt-usage")
+    g.add_argument("--mgt-usage", type=float, nargs=2, default=(1.0, 0.2), metavar=("AT_BAD", "AT_GOOD"), help="usage targets at the ends of --mgt-ovrl")
+    g.add_argument("--mgt-pool", type=int, default=4000, help="mixtures drawn once and scored with DNSMOS for --mgt")
+    g.add_argument("--mgt-cache", default="data/mgt_cache", help="where pool scores are cached")
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="run folder (checkpoints, logs)")
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
@@ -113,6 +125,14 @@ def kd_config(args) -> KDConfig | None:
 
 
 def make_sampler(args, seed: int):
+    base = _base_sampler(args, seed)
+    if not args.mgt:
+        return base
+    source = "synthetic" if args.synthetic else str(args.paired or (args.clean, args.noise, sorted(args.exclude)))
+    return PooledSampler(base, args.mgt_pool, Path(args.mgt_cache), seed, describe=source)
+
+
+def _base_sampler(args, seed: int):
     cfg = MixConfig(seconds=args.seconds, snr_db=tuple(args.snr), level_db=tuple(args.level))
     if args.synthetic:
         return SyntheticSampler(cfg, seed)
@@ -129,23 +149,51 @@ def validation_set(args, sampler, sample_rate: int) -> list[tuple[np.ndarray, np
         pairs = paired_files(Path(args.val_dir) / "noisy", Path(args.val_dir) / "clean")
         idx = np.linspace(0, len(pairs) - 1, min(args.val_files, len(pairs))).round().astype(int)
         return [(load(pairs[i][0], sample_rate), load(pairs[i][1], sample_rate)) for i in idx]
-    noisy, clean = sampler.batch(0, 16, stream=1)  # a stream training never draws from
+    noisy, clean = sampler.batch(0, 16, stream=1)[:2]  # a stream training never draws from
     return list(zip(noisy, clean))
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """How a gated model is trained: Gumbel temperature schedule, usage target and its cost."""
+
+    usage_target: float = 0.5
+    cost_weight: float = 1.0
+    tau: tuple[float, float] = (2.0, 0.2)
+    warmup: float = 0.0  # fraction of steps with every gate on
+    mgt: bool = False
+    mgt_ovrl: tuple[float, float] = (1.4, 2.8)
+    mgt_usage: tuple[float, float] = (1.0, 0.2)
+
+    def target(self, ovrl: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """Per-example usage target: fixed, or a linear map of the input's OVRL (worse -> more)."""
+        if not self.mgt:
+            return torch.full((batch,), self.usage_target)
+        (bad, good), (hi, lo) = self.mgt_ovrl, self.mgt_usage
+        frac = ((ovrl - bad) / (good - bad)).clamp(0, 1)
+        return hi + (lo - hi) * frac
 
 
 class Objective:
     """The loss of one batch: supervised terms, plus a KD term against a frozen teacher whose
-    outputs are computed once per batch. Two-step KD trains on the KD loss alone for the first
-    ``split`` of the steps and on the supervised loss alone afterwards."""
+    outputs are computed once per batch, plus for gated models the cost of the gates' usage.
+    Two-step KD trains on the KD loss alone for the first ``split`` of the steps and on the
+    supervised loss alone afterwards."""
 
-    def __init__(self, weights: dict[str, float], kd: KDConfig | None = None, teacher: torch.nn.Module | None = None, total_steps: int = 0):
+    def __init__(self, weights: dict[str, float], kd: KDConfig | None = None, teacher: torch.nn.Module | None = None, total_steps: int = 0,
+                 gating: GateConfig | None = None, branch_macs: list[int] | None = None):  # fmt: skip
         self.weights, self.kd, self.teacher, self.total_steps = weights, kd, teacher, total_steps
+        self.gating = gating
+        self.share = torch.tensor(branch_macs, dtype=torch.float32) / sum(branch_macs) if branch_macs else None
         names = list(weights)
         if kd is not None:
             names += ["gram", "kd_out"] if kd.method == "two-step" else ["kd"]
+        if gating is not None:
+            names += ["cost"]
         self.term_names = names
+        self.usage = None  # mean MAC-weighted usage of the last batch
 
-    def __call__(self, model, noisy, clean, step: int):
+    def __call__(self, model, noisy, clean, step: int, ovrl: torch.Tensor | None = None):
         """Returns the total, its terms and the batch SI-SDR (dB)."""
         cfg = model.config.stft
         kd = self.kd
@@ -153,7 +201,22 @@ class Objective:
         step1 = method == "two-step" and step < kd.split * self.total_steps
         taps = method == "gram" or step1
         ns, cs = stft(noisy, cfg), stft(clean, cfg)  # [B, T, F, 2]
-        mask, acts = model(ns, taps=True) if taps else (model(ns), None)
+        cost_term = None
+        if self.gating is not None:
+            if taps:
+                raise ValueError("Gram KD needs activations, which gated models do not expose; use output, dispatch or dfkd KD")
+            g = self.gating
+            progress = step / max(1, self.total_steps)
+            tau = g.tau[0] * (g.tau[1] / g.tau[0]) ** progress
+            forced = torch.ones(ns.shape[0], ns.shape[1], len(model.branches)) if progress < g.warmup else None
+            mask, gates, _ = model(ns, tau=tau, gates=forced)  # gates [B, T, K]
+            usage = (gates * self.share).sum(-1).mean(-1)  # [B]
+            self.usage = usage.mean().item()
+            if forced is None:
+                cost_term = g.cost_weight * (usage - g.target(ovrl, len(usage))).square().mean()
+            acts = None
+        else:
+            mask, acts = model(ns, taps=True) if taps else (model(ns), None)
         es = apply_mask(ns, mask)  # [B, T, F, 2]
         ew = istft(es, cfg, noisy.shape[-1])  # [B, L]
         terms = {} if step1 else supervised(self.weights, ew, clean, es, cs, ns)
@@ -174,6 +237,8 @@ class Objective:
                 terms["gram"] = kd.weight * gram_loss(acts, t_acts, kd)
                 if kd.step1_output_kd:
                     terms["kd_out"] = kd.step1_output_kd * output_kd(es, ts)
+        if cost_term is not None:
+            terms["cost"] = cost_term
         return sum(terms.values()), terms, si_sdr(ew.detach(), clean).mean()
 
 
@@ -186,7 +251,8 @@ def validate(model, val) -> tuple[float, float]:
         n, c = torch.from_numpy(noisy)[None], torch.from_numpy(clean)[None]
         cfg = model.config.stft
         ns = stft(n, cfg)
-        e = istft(apply_mask(ns, model(ns)), cfg, n.shape[-1])
+        mask = model(ns)
+        e = istft(apply_mask(ns, mask[0] if isinstance(mask, tuple) else mask), cfg, n.shape[-1])
         s = si_sdr(e, c).item()
         out.append(s)
         gain.append(s - si_sdr(n, c).item())
@@ -238,6 +304,12 @@ def main(argv=None) -> int:
             return 2
         model = build(state["model"]["name"], config_from_dict(state["model"]["name"], state["model"]["config"]))
         model.load_state_dict(state["state_dict"])
+    elif args.init:
+        try:
+            model = checkpoint.load_model(args.init).train()
+        except checkpoint.CheckpointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     else:
         overrides = json.loads(args.config) if args.config else {}
         model = build(args.model, **overrides) if args.model in PRESETS else build(args.model, config_from_dict(args.model, overrides))
@@ -262,19 +334,27 @@ def main(argv=None) -> int:
             return 2
         teacher.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         print(f"teacher {args.teacher}: {cost(teacher)}")
+    gated = hasattr(model, "branches")
     try:
-        objective = Objective(weights, kd_config(args), teacher, args.steps)
+        gating = branch_macs = None
+        if gated:
+            gating = GateConfig(args.usage_target, args.cost_weight, tuple(args.tau), args.gate_warmup, args.mgt, tuple(args.mgt_ovrl), tuple(args.mgt_usage))
+            branch_macs = gated_cost(model)["branches"]
+        elif args.mgt:
+            raise ValueError("--mgt needs a gated model (e.g. --model gated-student)")
+        objective = Objective(weights, kd_config(args), teacher, args.steps, gating, branch_macs)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
     c = cost(model)
-    print(f"model {args.model}: {c}")
+    print(f"model {args.init or args.model}: {c}")
     val = validation_set(args, sampler, model.config.stft.sample_rate)
     from torch.utils.tensorboard import SummaryWriter
 
     tb = SummaryWriter(str(out / "tb"))
-    train_log = CsvLog(out / "train.csv", ["step", "time", "lr", "loss", *(f"loss_{k}" for k in objective.term_names), "sisdr", "grad_norm", "skipped"])
+    train_log = CsvLog(out / "train.csv", ["step", "time", "lr", "loss", *(f"loss_{k}" for k in objective.term_names), "sisdr", "grad_norm", "skipped",
+                                            *(["usage"] if gated else [])])  # fmt: skip
     val_log = CsvLog(out / "val.csv", ["step", "time", "val_sisdr", "val_sisdri"])
 
     def save(path):
@@ -304,10 +384,11 @@ def main(argv=None) -> int:
     bar = tqdm(total=args.steps, initial=step, disable=args.no_progress, dynamic_ncols=True, desc="train")
     t0, consecutive_bad, acc = time.time(), 0, {}
     while step < args.steps and not stop["now"]:
-        noisy, clean = pending.result()
+        noisy, clean, *extra = pending.result()
         pending = pool.submit(sampler.batch, step + 1, args.batch)
+        ovrl = torch.from_numpy(extra[0]) if extra else None
         buffers = [b.clone() for b in model.buffers()]  # BatchNorm statistics, restored if this step goes bad
-        loss, terms, sisdr = objective(model, torch.from_numpy(noisy), torch.from_numpy(clean), step)
+        loss, terms, sisdr = objective(model, torch.from_numpy(noisy), torch.from_numpy(clean), step, ovrl)
         optimizer.zero_grad(set_to_none=True)
         bad = not torch.isfinite(loss)
         if not bad:
@@ -328,6 +409,8 @@ def main(argv=None) -> int:
             optimizer.step()
             for k, v in [("loss", loss), ("sisdr", sisdr), ("grad_norm", grad_norm), *((f"loss_{k}", t) for k, t in terms.items())]:
                 acc.setdefault(k, []).append(v.item())
+            if objective.usage is not None:
+                acc.setdefault("usage", []).append(objective.usage)
         scheduler.step()
         step += 1
         bar.update(1)

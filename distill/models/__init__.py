@@ -9,8 +9,9 @@ import torch.nn as nn
 
 from distill.dsp import StftConfig
 from distill.models.crn import CRN, CRNConfig
+from distill.models.gated_crn import GatedCRN, GatedCRNConfig
 
-MODELS: dict[str, tuple[type, type]] = {"crn": (CRNConfig, CRN)}
+MODELS: dict[str, tuple[type, type]] = {"crn": (CRNConfig, CRN), "gated_crn": (GatedCRNConfig, GatedCRN)}
 
 # Named sizes of the CRN family. All share depth and frequency strides (161 -> 6 bins over five
 # layers), so teacher and student feature maps lie on the same time-frequency grid (Gram KD needs
@@ -20,6 +21,7 @@ PRESETS: dict[str, tuple[str, dict]] = {
     "teacher": ("crn", dict(channels=(16, 32, 48, 64, 96), rnn_groups=4, rnn_layers=2)),
     "student": ("crn", dict(channels=(8, 16, 24, 32, 32), rnn_groups=4, rnn_layers=1)),
     "student-30k": ("crn", dict(channels=(4, 8, 12, 16, 16), rnn_groups=2, rnn_layers=1)),
+    "gated-student": ("gated_crn", dict(channels=(5, 8, 12, 16, 20), branch_channels=(3, 5, 8, 10, 10), branches=2, trunk_groups=4)),
 }
 
 
@@ -74,10 +76,8 @@ class Cost:
         return f"{self.params / 1e3:.1f} k params, {self.macs_per_frame / 1e3:.1f} k MACs/frame, {self.mmacs_per_second:.2f} MMAC/s"
 
 
-def cost(model: nn.Module) -> Cost:
-    """Parameters and MACs per frame, counted by running one streaming step with hooks on every
-    conv and linear layer, so the numbers follow the layer shapes actually executed. Element-wise
-    ops (activations, gates, mask) are not counted."""
+def _count_macs(modules, run) -> int:
+    """MACs of conv and linear layers among ``modules`` while ``run()`` executes."""
     macs = 0
 
     def hook(m, inp, out):
@@ -86,22 +86,50 @@ def cost(model: nn.Module) -> Cost:
         if isinstance(m, nn.Linear):
             macs += out.numel() * m.in_features
         elif isinstance(m, nn.ConvTranspose2d):
-            k = m.kernel_size[0] * m.kernel_size[1]
-            macs += x.numel() * (m.out_channels // m.groups) * k
+            macs += x.numel() * (m.out_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
         elif isinstance(m, nn.Conv2d):
-            k = m.kernel_size[0] * m.kernel_size[1]
-            macs += out.numel() * (m.in_channels // m.groups) * k
+            macs += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
-    was_training = model.training
-    model.eval()
+    handles = [m.register_forward_hook(hook) for m in modules if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
     try:
         with torch.no_grad():
-            stft = model.config.stft
-            model.step(torch.zeros(1, stft.bins, 2), model.initial_state(1))
+            run()
     finally:
         for h in handles:
             h.remove()
+    return macs
+
+
+def gated_cost(model: nn.Module) -> dict:
+    """MACs per frame of a gated model's parts: the trunk (without the policy), the policy and
+    each branch; what a frame executes is trunk + policy + the enabled branches."""
+    was_training = model.training
+    model.eval()
+    frame = torch.zeros(1, model.config.stft.bins, 2)
+    old = model.trunk_state(1)
+    _, _, new = model.trunk_step(frame, old)
+    trunk_modules = [m for name, m in model.named_modules() if not name.startswith(("branches", "policy"))]
+    parts = {
+        "trunk": _count_macs(trunk_modules, lambda: model.trunk_step(frame, old)),
+        "policy": _count_macs(list(model.policy.modules()), lambda: model.trunk_step(frame, old)),
+        "branches": [
+            _count_macs(list(b.modules()), lambda k=k: model.branch_step(k, old, new, model.branch_state(k, 1))) for k, b in enumerate(model.branches)
+        ],
+    }
+    model.train(was_training)
+    return parts
+
+
+def cost(model: nn.Module) -> Cost:
+    """Parameters and MACs per frame, counted by running one streaming step with hooks on every
+    conv and linear layer, so the numbers follow the layer shapes actually executed (for a gated
+    model: every branch, i.e. full width). Element-wise ops (activations, gates, mask) are not
+    counted."""
+    was_training = model.training
+    model.eval()
+    try:
+        macs = _count_macs(list(model.modules()), lambda: model.step(torch.zeros(1, model.config.stft.bins, 2), model.initial_state(1)))
+    finally:
         model.train(was_training)
     params = sum(p.numel() for p in model.parameters())
     return Cost(params, macs, model.config.stft.frames_per_second)

@@ -61,8 +61,11 @@ class GroupedGRU(nn.Module):
     TFLite Micro has no GRU op. The sequence path batches the groups' recurrent matmuls into one
     ``baddbmm`` per frame; the step path calls each group's Linear layers, which is what exports.
 
+    An optional per-frame ``gate`` (1 on, 0 off) skips the update: a gated-off frame keeps the
+    hidden state and outputs zeros. Without a gate every frame updates, as in a plain GRU.
+
     Shape:
-        forward: x [B, T, I], h [B, H] -> (y [B, T, H], h [B, H])
+        forward: x [B, T, I], h [B, H], gate [B, T] -> (y [B, T, H], h [B, H])
         step: x [B, I], h [B, H] -> h [B, H]   (the output is the new hidden state)
     """
 
@@ -85,20 +88,26 @@ class GroupedGRU(nn.Module):
         n = torch.tanh(xn + r * hn)
         return n + z * (h - n)
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, h: torch.Tensor, gate: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, _ = x.shape
         P, gh = self.groups, self.hidden_size // self.groups
         xi = torch.stack([ih(xg) for ih, xg in zip(self.ih, x.chunk(P, dim=-1))])  # [P, B, T, 3gh]
         w = torch.stack([hh.weight.t() for hh in self.hh])  # [P, gh, 3gh]
         b = torch.stack([hh.bias for hh in self.hh]).unsqueeze(1)  # [P, 1, 3gh]
         h = h.view(B, P, gh).transpose(0, 1)  # [P, B, gh]
+        gates = gate.t().reshape(T, 1, B, 1).unbind(0) if gate is not None else [None] * T  # T x [1, B, 1]
         ys = []
-        for xt in xi.unbind(dim=2):  # unbind, not indexing: indexing backprops a full-size zero tensor per frame
-            h = self.cell(xt, torch.baddbmm(b, h, w), h)  # [P, B, gh]
-            ys.append(h)
+        for xt, g in zip(xi.unbind(dim=2), gates):  # unbind, not indexing: indexing backprops a full-size zero tensor per frame
+            new = self.cell(xt, torch.baddbmm(b, h, w), h)  # [P, B, gh]
+            if g is None:
+                h = new
+                ys.append(h)
+            else:
+                h = g * new + (1 - g) * h
+                ys.append(g * h)
         y = torch.stack(ys, dim=2)  # [P, B, T, gh]
         y = y.permute(1, 2, 0, 3).reshape(B, T, P * gh)  # [B, T, H]
-        return y, y[:, -1]
+        return y, h.transpose(0, 1).reshape(B, P * gh)
 
     def step(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         P = self.groups
