@@ -51,6 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--val-files", type=int, default=40, help="validation files taken evenly from --val-dir")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=20000)
+    g.add_argument("--stop-at", type=int, help="checkpoint and stop at this step, keeping the schedule of --steps (continue later with --resume)")
     g.add_argument("--batch", type=int, default=16)
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--optimizer", choices=("adam", "adamw"), default="adamw")
@@ -383,7 +384,8 @@ def main(argv=None) -> int:
     pending = pool.submit(sampler.batch, step, args.batch)
     bar = tqdm(total=args.steps, initial=step, disable=args.no_progress, dynamic_ncols=True, desc="train")
     t0, consecutive_bad, acc = time.time(), 0, {}
-    while step < args.steps and not stop["now"]:
+    end = min(args.steps, args.stop_at or args.steps)
+    while step < end and not stop["now"]:
         noisy, clean, *extra = pending.result()
         pending = pool.submit(sampler.batch, step + 1, args.batch)
         ovrl = torch.from_numpy(extra[0]) if extra else None

@@ -5,6 +5,11 @@
 # DATA_DIR holds clean/ and noise/ (e.g. ../shared/data). Every stage resumes where it stopped, so
 # the recipe can be interrupted (Ctrl-C) and started again with the same command.
 #
+# Two phases, as the shipped models were trained within a 2-core CPU budget:
+#   1. spectral loss (spec=1, sisdr=0.01), cosine schedule over 15000 (student) / 10000 (teacher)
+#      steps, stopped at step 5000 / 1500 (--stop-at keeps the schedule; raise it to train longer);
+#   2. SI-SDR loss, a fresh cosine schedule of 3500 / 1200 steps from the phase-1 weights, which
+#      raised validation SI-SDR faster than continuing phase 1 did.
 # Measured on a 2-core x86 CPU, both runs side by side with one thread each: the student at about
 # 1.5 s/step and the teacher at about 4.5 s/step (batches of 16 x 4 s).
 set -euo pipefail
@@ -13,15 +18,24 @@ RUNS=${2:-runs}
 PY=${PY:-.venv/bin/python}
 COMMON=(--clean "$DATA/clean" --noise "$DATA/noise"
         --exclude distill/splits/dev_clean.txt --exclude distill/splits/dev_noise.txt
-        --val-dir data/devset --threads 1 --resume)
+        --val-dir data/devset --threads 1 --resume --batch 16)
 
 [ -f data/devset/meta.csv ] || $PY -m distill.devset render --clean "$DATA/clean" --noise "$DATA/noise" --out data/devset
 
-$PY -m distill.train --model student --steps 15000 --out "$RUNS/student" "${COMMON[@]}" &
-student=$!
-$PY -m distill.train --model teacher --steps 10000 --out "$RUNS/teacher" "${COMMON[@]}" --no-progress &
-teacher=$!
-trap 'kill -TERM $student $teacher 2>/dev/null; wait' INT TERM
-wait $student $teacher
+pids=()
+trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait' INT TERM
+side_by_side() { pids=(); "$@"; wait "${pids[@]}"; }
 
-$PY -m distill.evaluate --data data/devset --checkpoint "$RUNS/teacher/best.pt" "$RUNS/student/best.pt" --json "$RUNS/devset_results.json"
+phase1() {
+    $PY -m distill.train --model student --steps 15000 --stop-at 5000 --out "$RUNS/student" "${COMMON[@]}" & pids+=($!)
+    $PY -m distill.train --model teacher --steps 10000 --stop-at 1500 --out "$RUNS/teacher" "${COMMON[@]}" --no-progress & pids+=($!)
+}
+phase2() {
+    local ft=(--loss sisdr=1 --warmup 100 --ckpt-every 250)
+    $PY -m distill.train --init "$RUNS/student/last.pt" --steps 3500 --lr 1e-3 --val-every 500 --out "$RUNS/student_ft" "${COMMON[@]}" "${ft[@]}" & pids+=($!)
+    $PY -m distill.train --init "$RUNS/teacher/last.pt" --steps 1200 --lr 7e-4 --val-every 300 --out "$RUNS/teacher_ft" "${COMMON[@]}" "${ft[@]}" --no-progress & pids+=($!)
+}
+side_by_side phase1
+side_by_side phase2
+
+$PY -m distill.evaluate --data data/devset --checkpoint "$RUNS/teacher_ft/last.pt" "$RUNS/student_ft/last.pt" --json "$RUNS/devset_results.json"

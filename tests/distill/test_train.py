@@ -70,6 +70,16 @@ def test_resume_after_kill_continues_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_stop_at_then_resume_equals_one_run(tmp_path):
+    assert train.main(_args(tmp_path / "whole", 30)) == 0
+    assert train.main(_args(tmp_path / "split", 30, "--stop-at", "15")) == 0
+    assert checkpoint.read(tmp_path / "split" / "last.pt")["step"] == 15
+    assert train.main(_args(tmp_path / "split", 30, "--resume")) == 0
+    a = checkpoint.read(tmp_path / "whole" / "last.pt")["state_dict"]
+    b = checkpoint.read(tmp_path / "split" / "last.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 class _PoisonedSampler(SyntheticSampler):
     def batch(self, step, size, stream=0):
         noisy, clean = super().batch(step, size, stream)
