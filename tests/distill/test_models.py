@@ -95,10 +95,10 @@ def test_cost_counts_layer_shapes():
 
 
 def test_config_round_trip_and_validation():
-    for name in PRESETS:
+    for name, (family, _) in PRESETS.items():
         model = build(name)
         d = config_to_dict(model.config)
-        assert config_from_dict("crn", d) == model.config
+        assert config_from_dict(family, d) == model.config
     with pytest.raises(ValueError, match="unknown"):
         config_from_dict("crn", {"chanels": (1, 2)})
     with pytest.raises(ValueError, match="divisible"):
