@@ -56,13 +56,18 @@ def read(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}); the file may be truncated or corrupt") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} file")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: format version {payload['format_version']} is newer than this code reads ({FORMAT_VERSION}); update tiny-denoise"
-        )
-    name = payload.get("model", {}).get("name")
-    if name not in MODELS:
-        raise CheckpointError(f"{path}: unknown model {name!r}")
+    version = payload.get("format_version")
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path}: no format version; the file is damaged")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format version {version} is newer than this code reads ({FORMAT_VERSION}); update tiny-denoise")
+    spec = payload.get("model")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("config"), dict):
+        raise CheckpointError(f"{path}: no model description (name and config); the file is damaged")
+    if spec["name"] not in MODELS:
+        raise CheckpointError(f"{path}: unknown model {spec['name']!r}")
+    if not isinstance(payload.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: no weights; the file is damaged")
     return payload
 
 
@@ -81,10 +86,17 @@ def load_model(path: str | os.PathLike) -> torch.nn.Module:
 def strip(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     """Copy a training checkpoint without its optimiser and resume state: what a release ships."""
     payload = read(src)
+    dst = Path(dst)
+    if dst.is_dir() or not dst.parent.is_dir():
+        raise CheckpointError(f"{dst}: " + ("is a folder; give a file name" if dst.is_dir() else f"folder {dst.parent} does not exist"))
     keep = {k: payload[k] for k in ("model", "state_dict", "versions", "train_args", "step", "cost", "best_val_sisdr") if k in payload}
-    tmp = Path(dst).with_name(f".{Path(dst).name}.part")
-    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **keep}, tmp)
-    os.replace(tmp, dst)
+    tmp = dst.with_name(f".{dst.name}.part")
+    try:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **keep}, tmp)
+        os.replace(tmp, dst)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"{dst}: cannot write ({e.strerror})") from None
     return keep
 
 
@@ -112,7 +124,7 @@ def main(argv=None) -> int:
             print(f"model    {payload['model']['name']} {payload['model']['config']}")
             print(f"cost     {cost(model)}")
             print(f"step     {payload.get('step', '?')}")
-            print(f"versions {payload['versions']}")
+            print(f"versions {payload.get('versions', '?')}")
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -23,6 +23,8 @@ class StftConfig:
     window: str = "sqrt_hann"  # periodic; analysis and synthesis, so their product is a Hann
 
     def __post_init__(self):
+        if any(not isinstance(v, int) or v < 1 for v in (self.sample_rate, self.n_fft, self.win_length, self.hop)):
+            raise ValueError("sample_rate, n_fft, win_length and hop must be positive integers")
         if self.window != "sqrt_hann":
             raise ValueError(f"unsupported window {self.window!r}; only 'sqrt_hann' is implemented")
         if self.win_length > self.n_fft or self.win_length % self.hop:

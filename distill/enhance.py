@@ -16,7 +16,7 @@ import torch
 from distill import checkpoint, metrics
 from distill.dsp import enhance
 from distill.models import cost
-from runtime.audio import AudioError, check_writable, finite, load, read, resample, to_mono, write
+from runtime.audio import AudioError, check_audio_output, finite, load, read, resample, to_mono, write
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "checkpoints" / "student.pt"
 
@@ -29,18 +29,20 @@ def main(argv=None) -> int:
     p.add_argument("--reference", type=Path, help="clean reference: also report SI-SDR and PESQ before and after")
     args = p.parse_args(argv)
     try:
-        check_writable(args.output)
+        check_audio_output(args.output, args.input, *([args.reference] if args.reference else []))
         model = checkpoint.load_model(args.checkpoint)
         x, sr = read(args.input)
         x, replaced = finite(x)
         rate = model.config.stft.sample_rate
         mono = resample(to_mono(x), sr, rate)
+        ref = load(args.reference, rate) if args.reference else None
+        if ref is not None and (not np.isfinite(ref).all() or abs(len(ref) - len(mono)) > rate // 100):
+            raise AudioError(f"{args.reference}: not a reference for {args.input} (different length or NaN/Inf samples)")
         t0 = time.perf_counter()
         with torch.no_grad():
             y = enhance(model, torch.from_numpy(np.ascontiguousarray(mono))[None])[0].numpy()
         elapsed = time.perf_counter() - t0
         write(args.output, resample(y, rate, sr), sr)
-        ref = load(args.reference, rate)[: len(mono)] if args.reference else None
     except (AudioError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -50,7 +52,7 @@ def main(argv=None) -> int:
     print(f"model   {args.checkpoint}: {cost(model)}")
     print(f"output  {args.output}: {removed:.1f} dB of energy removed, {elapsed:.2f} s compute (real-time factor {elapsed / seconds:.3f})")
     if ref is not None:
-        n = len(ref)
+        n = min(len(ref), len(mono))
         before, after = (metrics.si_sdr(s[:n], ref) for s in (mono, y))
         pb, pa = (metrics.pesq_wb(s[:n], ref) for s in (mono, y))
         print(f"quality against {args.reference}: SI-SDR {before:.1f} -> {after:.1f} dB, PESQ {pb:.2f} -> {pa:.2f}")

@@ -112,8 +112,16 @@ def main(argv=None) -> int:
     clean_dir = args.clean or (args.data / "clean" if args.data else None)
     if noisy_dir is None or clean_dir is None:
         p.error("give --data DIR, or --noisy DIR and --clean DIR")
+    if args.limit is not None and args.limit < 1:
+        p.error("--limit must be at least 1")
     try:
+        if args.json and args.json.is_dir():
+            raise AudioError(f"--json {args.json}: is a folder; give a file name")
+        if args.save_enhanced and args.save_enhanced.exists() and not args.save_enhanced.is_dir():
+            raise AudioError(f"--save-enhanced {args.save_enhanced}: is a file; give a folder")
         items = read_set(noisy_dir, clean_dir, args.limit)
+        if not items:
+            raise AudioError(f"{noisy_dir}: no readable noisy/clean pairs (files are matched by name in noisy/ and clean/)")
         stems = [ck.stem for ck in args.checkpoint]
         names = [ck.stem if stems.count(ck.stem) == 1 else f"{ck.parent.name}/{ck.stem}" for ck in args.checkpoint]
         models = {name: checkpoint.load_model(ck) for name, ck in zip(names, args.checkpoint)}
@@ -139,7 +147,11 @@ def main(argv=None) -> int:
             if path is None:
                 tqdm.write(f"{name}: no enhanced file for {key}; skipped")
                 continue
-            est = load(path, SAMPLE_RATE)[: len(noisy)]
+            try:
+                est = load(path, SAMPLE_RATE)[: len(noisy)]
+            except AudioError as e:
+                tqdm.write(f"{name}: {e}; skipped")
+                continue
             found[key] = all_metrics(np.pad(est, (0, len(noisy) - len(est))), clean, with_dnsmos)
         results[name] = found
 

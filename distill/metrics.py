@@ -37,9 +37,13 @@ def pesq_wb(est: np.ndarray, ref: np.ndarray) -> float:
 
 
 def estoi(est: np.ndarray, ref: np.ndarray) -> float:
+    """Extended STOI; NaN for signals too short for its 384 ms analysis segments."""
     from pystoi import stoi
 
-    return float(stoi(ref, est, SAMPLE_RATE, extended=True))
+    try:
+        return float(stoi(ref, est, SAMPLE_RATE, extended=True))
+    except Exception:  # pystoi raises on signals shorter than one segment after silence removal
+        return math.nan
 
 
 @lru_cache(maxsize=1)

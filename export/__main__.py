@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -40,6 +41,10 @@ def parse_args(argv):
     bad = set(args.formats) - {"onnx", "tflite"}
     if bad or not args.formats:
         p.error(f"--formats takes onnx and/or tflite, got {args.formats}")
+    for name in ("calibration_frames", "golden_frames", "devset_files"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
 
 
@@ -47,6 +52,8 @@ def _audio(paths: list[Path], rate: int) -> list:
     files = []
     for p in paths:
         files += list_audio(p) if p.is_dir() else [p]
+    if not files:
+        raise AudioError(f"--calibration {' '.join(map(str, paths))}: no audio files found (.wav, .flac, .ogg)")
     return [load(f, rate) for f in files]
 
 
@@ -58,12 +65,15 @@ def _writable_parent(out: Path, force: bool) -> None:
         raise BundleError(f"{out}: cannot write in {parent}")
     if out.exists() and not force:
         raise BundleError(f"{out} exists; pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"{out} is a file, not a bundle folder; choose another --out")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     from export.build import ExportError, Options, build  # imports torch and the converters: after argument checks
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a terminated export still removes its partial folder
     tmp = None
     try:
         _writable_parent(args.out, args.force)

@@ -73,16 +73,31 @@ def check_writable(path: str | os.PathLike) -> Path:
     return path
 
 
+# What each output suffix is written as: (format, subtype)
+WRITE_FORMATS = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS")}
+
+
+def check_audio_output(path: str | os.PathLike, *inputs: str | os.PathLike) -> Path:
+    """``check_writable`` plus a known audio suffix, and never one of ``inputs`` (it would be overwritten)."""
+    path = check_writable(path)
+    if path.suffix.lower() not in WRITE_FORMATS:
+        raise AudioError(f"{path}: unknown output format {path.suffix or '(no suffix)'!r}; name it .wav, .flac or .ogg")
+    for other in inputs:
+        if Path(other).resolve() == path.resolve():
+            raise AudioError(f"{path}: this is also an input file and would be overwritten; write to another file")
+    return path
+
+
 def write(path: str | os.PathLike, x: np.ndarray, sample_rate: int) -> None:
-    """Write float32 audio (mono ``[L]`` or ``[L, C]``) as 16-bit PCM (WAV) or the format the suffix names.
+    """Write float32 audio (mono ``[L]`` or ``[L, C]``): 16-bit PCM WAV/FLAC, or Vorbis for .ogg.
 
     The file appears complete or not at all: it is written beside the target and renamed.
     """
-    path = check_writable(path)
+    path = check_audio_output(path)
     tmp = path.with_name(f".{path.name}.part")
-    fmt = sf.available_formats().get(path.suffix[1:].upper(), None) and path.suffix[1:].upper()
+    fmt, subtype = WRITE_FORMATS[path.suffix.lower()]
     try:
-        sf.write(str(tmp), np.clip(x, -1.0, 1.0), sample_rate, format=fmt or "WAV", subtype="PCM_16")
+        sf.write(str(tmp), np.clip(x, -1.0, 1.0), sample_rate, format=fmt, subtype=subtype)
         os.replace(tmp, path)
     except Exception as e:
         tmp.unlink(missing_ok=True)

@@ -146,4 +146,13 @@ def open_runner(bundle: Bundle, backend: str, precision: str, threads: int = 1) 
         raise BundleError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     model = bundle.model(FORMAT[backend], precision)
     cls = {"onnxruntime": OnnxRunner, "litert": LiteRTRunner, "pytorch": TorchRunner}[backend]
-    return cls(bundle, model, threads)
+    try:
+        runner = cls(bundle, model, threads)
+        # One step on silence: a file that loads but does not fit the manifest fails here, not mid-stream.
+        runner(np.zeros((bundle.signal["bins"], 2), np.float32), runner.initial_state())
+    except BundleError:
+        raise
+    except Exception as e:  # each backend library raises its own types for a bad model file
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise BundleError(f"{model.path}: cannot run it ({detail}); the bundle is damaged or inconsistent, re-export it") from None
+    return runner

@@ -68,12 +68,32 @@ class Bundle:
             raise BundleError(f"{path}: schema version {version} is newer than this runtime reads ({SCHEMA_VERSION}); update tiny-denoise")
         try:
             self.signal = self.manifest["signal"]
-            self.states = tuple(StateSpec(s["name"], s["output"], tuple(s["shape"]), float(s["init"])) for s in self.manifest["states"])
+            self.states = tuple(StateSpec(s["name"], s["output"], tuple(int(n) for n in s["shape"]), float(s["init"])) for s in self.manifest["states"])
             self.files = self.manifest["files"]
-        except (KeyError, TypeError, ValueError) as e:
+            self._check()
+        except KeyError as e:
             raise BundleError(f"{path}: incomplete manifest (missing {e}); re-export the bundle") from None
+        except (TypeError, ValueError, AttributeError) as e:
+            raise BundleError(f"{path}: malformed manifest ({e}); re-export the bundle") from None
         if verify:
             self.verify()
+
+    def _check(self) -> None:
+        """Every field a runner or the engine reads is present and of the right kind, so a
+        hand-edited manifest fails here rather than mid-stream."""
+        for k in ("sample_rate", "n_fft", "win_length", "hop", "bins"):
+            if not isinstance(self.signal[k], int) or self.signal[k] < 1:
+                raise ValueError(f"signal.{k} must be a positive integer, not {self.signal[k]!r}")
+        if str(self.signal["window"]).split(":")[0] != "sqrt_hann":
+            raise ValueError(f"window {self.signal['window']!r} is not supported (sqrt_hann)")
+        float(self.signal["latency_ms"])
+        int(self.manifest["model"]["macs_per_frame"])
+        float(self.manifest["transforms"]["features"]["power"])
+        if not isinstance(self.files, dict):
+            raise TypeError("files must map file names to entries")
+        for m in self.models():
+            for key in ("input", "output", "states", "graph"):
+                m.io[key]
 
     def verify(self) -> None:
         """Every listed file exists and has the recorded sha256."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime import report
-from runtime.audio import AudioError, check_writable, finite, read, resample, to_mono, write
+from runtime.audio import AudioError, check_audio_output, check_writable, finite, read, resample, to_mono, write
 from runtime.backends import BACKENDS, open_runner
 from runtime.bundle import Bundle, BundleError
 from runtime.engine import Engine
@@ -50,6 +52,15 @@ def parse_args(argv):
         p.error("--input needs --output")
     if args.blocksize < 1:
         p.error("--blocksize must be positive")
+    cores = os.cpu_count() or 1
+    if not 1 <= args.threads <= cores:
+        p.error(f"--threads must be between 1 and the {cores} cores of this machine")
+    if args.atten_limit_db is not None and not (math.isfinite(args.atten_limit_db) and args.atten_limit_db >= 0):
+        p.error("--atten-limit-db must be a finite number of dB >= 0 (e.g. 12)")
+    if args.seconds is not None and not (math.isfinite(args.seconds) and args.seconds > 0):
+        p.error("--seconds must be a positive number")
+    if args.report and any(args.report.resolve() == Path(f).resolve() for f in (args.input, args.output) if f):
+        p.error("--report must be a different file from --input and --output")
     return args
 
 
@@ -83,7 +94,7 @@ def _device(sd, spec: str | None):
 
 
 def run_file(args, engine: Engine) -> dict:
-    check_writable(args.output)
+    check_audio_output(args.output, args.input)
     x, sr = read(args.input)
     x, bad = finite(x)  # before resampling, which would smear a NaN over its neighbours
     engine.nonfinite_samples += bad
@@ -130,7 +141,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         if args.list_devices:
-            print(_sounddevice().query_devices())
+            devices = _sounddevice().query_devices()
+            print(devices if len(devices) else "no audio devices found")
             return 0
         bundle = Bundle(args.model)
         runner = open_runner(bundle, args.backend, args.precision, args.threads)

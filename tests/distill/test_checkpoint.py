@@ -37,6 +37,15 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     torch.save(payload, tmp_path / "mismatch.pt")
     with pytest.raises(checkpoint.CheckpointError, match="do not fit"):
         checkpoint.load_model(tmp_path / "mismatch.pt")
+    for key, value, message in [("model", "crn", "no model description"), ("format_version", "1", "no format version")]:
+        damaged = torch.load(tmp_path / "m.pt", weights_only=True)
+        damaged[key] = value
+        torch.save(damaged, tmp_path / "damaged.pt")
+        with pytest.raises(checkpoint.CheckpointError, match=message):
+            checkpoint.load_model(tmp_path / "damaged.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="is a folder"):
+        checkpoint.strip(tmp_path / "m.pt", tmp_path)
+    assert not list(tmp_path.glob(".*.part"))
 
 
 def test_strip_keeps_the_model_and_drops_training_state(tmp_path):

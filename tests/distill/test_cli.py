@@ -72,10 +72,12 @@ def test_enhance_any_rate_and_channels(ckpt, tmp_path, capsys):
         ("missing", "no such file"),
         ("unwritable", "does not exist"),
         ("bad-checkpoint", "not a readable checkpoint"),
+        ("same-file", "also an input file"),
+        ("short-reference", "not a reference"),
     ],
 )
 def test_enhance_bad_input_is_one_clear_line(case, message, ckpt, tmp_path, capsys):
-    src, out, ck = tmp_path / "in.wav", tmp_path / "out.wav", ckpt
+    src, out, ck, extra = tmp_path / "in.wav", tmp_path / "out.wav", ckpt, []
     sf.write(src, np.zeros(1600, np.float32), 16000)
     if case == "empty":
         sf.write(src, np.zeros(0, np.float32), 16000)
@@ -85,10 +87,27 @@ def test_enhance_bad_input_is_one_clear_line(case, message, ckpt, tmp_path, caps
         src = tmp_path / "nope.wav"
     elif case == "unwritable":
         out = tmp_path / "no" / "such" / "out.wav"
+    elif case == "same-file":
+        out = src
+    elif case == "short-reference":
+        sf.write(tmp_path / "ref.wav", np.zeros(10, np.float32), 16000)
+        extra = ["--reference", str(tmp_path / "ref.wav")]
     else:
         ck = tmp_path / "bad.pt"
         ck.write_bytes(b"junk")
-    assert enhance.main(["--input", str(src), "--output", str(out), "--checkpoint", str(ck)]) == 2
+    assert enhance.main(["--input", str(src), "--output", str(out), "--checkpoint", str(ck), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
-    assert not out.exists()
+    if case == "same-file":
+        assert sf.read(src)[0].shape == (1600,)
+    else:
+        assert not out.exists()
+
+
+def test_evaluate_without_pairs_is_one_clear_line(tmp_path, capsys):
+    for sub in ("noisy", "clean"):  # matching names, but nothing decodes
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "a.wav").write_text("not audio")
+    assert evaluate.main(["--data", str(tmp_path), "--no-dnsmos"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no readable noisy/clean pairs" in err[0]

@@ -61,6 +61,11 @@ def test_file_mode_reports_replaced_nan(small_bundle, tmp_path):
         ("backend", "unknown backend"),
         ("precision", "no onnx model at precision int4"),
         ("no-device", "device"),
+        ("manifest-field", "missing 'hop'"),
+        ("manifest-value", "signal.hop must be a positive integer"),
+        ("model-mismatch", "cannot run it"),
+        ("same-file", "also an input file"),
+        ("format", "name it .wav, .flac or .ogg"),
     ],
 )
 def test_bad_input_is_one_clear_line(case, message, small_bundle, tmp_path, capsys):
@@ -87,6 +92,21 @@ def test_bad_input_is_one_clear_line(case, message, small_bundle, tmp_path, caps
         extra = ["--backend", "tensorrt"]
     elif case == "precision":
         extra = ["--precision", "int4"]
+    elif case.startswith("manifest") or case == "model-mismatch":
+        model = tmp_path / "b"
+        shutil.copytree(small_bundle, model)
+        manifest = json.loads((model / "manifest.json").read_text())
+        if case == "manifest-field":
+            del manifest["signal"]["hop"]
+        elif case == "manifest-value":
+            manifest["signal"]["hop"] = 0
+        else:  # a state shape that the model file does not take
+            manifest["states"][0]["shape"][-1] += 1
+        (model / "manifest.json").write_text(json.dumps(manifest))
+    elif case == "same-file":
+        out = src
+    elif case == "format":
+        out = tmp_path / "out.mp3"
     if case == "no-device":
         code = _run("--model", model, "--mic", "--device", "999")
     else:
@@ -94,7 +114,28 @@ def test_bad_input_is_one_clear_line(case, message, small_bundle, tmp_path, caps
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
-    assert not out.exists()
+    if case == "same-file":
+        assert sf.read(src)[0].shape == (1600,) and not sf.read(src)[0].any(), "the input must be left as it was"
+    else:
+        assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--atten-limit-db", "nan"], "--atten-limit-db"),
+        (["--atten-limit-db", "-20"], "--atten-limit-db"),
+        (["--threads", "0"], "--threads"),
+        (["--report", "{src}"], "--report"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work(extra, message, small_bundle, tmp_path, capsys):
+    src, out = tmp_path / "in.wav", tmp_path / "out.wav"
+    sf.write(src, np.zeros(1600, np.float32), 16000)
+    with pytest.raises(SystemExit) as e:
+        _run("--model", small_bundle, "--input", src, "--output", out, *(a.format(src=src) for a in extra))
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists() and sf.read(src)[0].shape == (1600,)
 
 
 def test_device_check_without_any_device():
