@@ -8,7 +8,7 @@
 # Two phases, as the shipped models were trained within a 2-core CPU budget:
 #   1. spectral loss (spec=1, sisdr=0.01), cosine schedule over 15000 (student) / 10000 (teacher)
 #      steps, stopped at step 5000 / 1500 (--stop-at keeps the schedule; raise it to train longer);
-#   2. SI-SDR loss, a fresh cosine schedule of 3500 / 1200 steps from the phase-1 weights, which
+#   2. SI-SDR loss, a fresh cosine schedule of 3500 / 600 steps from the phase-1 weights, which
 #      raised validation SI-SDR faster than continuing phase 1 did.
 # Measured on a 2-core x86 CPU, both runs side by side with one thread each: the student at about
 # 1.5 s/step and the teacher at about 4.5 s/step (batches of 16 x 4 s).
@@ -33,7 +33,7 @@ phase1() {
 phase2() {
     local ft=(--loss sisdr=1 --warmup 100 --ckpt-every 250)
     $PY -m distill.train --init "$RUNS/student/last.pt" --steps 3500 --lr 1e-3 --val-every 500 --out "$RUNS/student_ft" "${COMMON[@]}" "${ft[@]}" & pids+=($!)
-    $PY -m distill.train --init "$RUNS/teacher/last.pt" --steps 1200 --lr 7e-4 --val-every 300 --out "$RUNS/teacher_ft" "${COMMON[@]}" "${ft[@]}" --no-progress & pids+=($!)
+    $PY -m distill.train --init "$RUNS/teacher/last.pt" --steps 600 --lr 7e-4 --val-every 300 --out "$RUNS/teacher_ft" "${COMMON[@]}" "${ft[@]}" --no-progress & pids+=($!)
 }
 side_by_side phase1
 side_by_side phase2

@@ -21,6 +21,8 @@ class AudioError(Exception):
 def read(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Read a file as float32 samples ``[L, C]`` and its sample rate."""
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder; give an audio file")
     if not path.is_file():
         raise AudioError(f"{path}: no such file")
     try:
