@@ -45,6 +45,7 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--files", type=int, help="score this many dev files, spread over the set (default: all)")
     p.add_argument("--eval-only", action="store_true", help="score finished runs, train nothing")
     return p.parse_args(argv)
 
@@ -101,9 +102,12 @@ def main(argv=None) -> int:
 
 def evaluate(args, sizes, methods) -> int:
     items = read_set(args.devset / "noisy", args.devset / "clean")
+    if args.files and args.files < len(items):
+        pick = np.linspace(0, len(items) - 1, args.files).round().astype(int)  # sorted by utterance, then SNR: a stride mixes both
+        items = [items[i] for i in pick]
     snr_of = read_snrs(args.devset)
-    cache = args.out / "scores"
-    cache.mkdir(exist_ok=True)
+    cache = args.out / "scores" / f"{len(items)}-files"
+    cache.mkdir(parents=True, exist_ok=True)
 
     def cached(name, fn):
         path = cache / f"{name.replace('/', '_')}.json"
@@ -132,6 +136,13 @@ def evaluate(args, sizes, methods) -> int:
     return 0
 
 
+def _at(summary: dict, scope: str) -> dict:
+    """Means overall ("mean") or at one input SNR; NaN where the set has no SNR labels."""
+    if scope == "mean":
+        return summary["mean"]
+    return summary.get("by_snr", {}).get(scope) or dict.fromkeys(METRICS, float("nan"))
+
+
 def aggregate(results, sizes, methods, seeds) -> dict:
     """Mean and spread (population std) over seeds, overall and at -5 dB, per size and method."""
     table = {}
@@ -144,7 +155,7 @@ def aggregate(results, sizes, methods, seeds) -> dict:
             row = {"seeds": len(runs)}
             for scope in ("mean", "-5"):
                 for m in METRICS:
-                    vals = [r["mean"][m] if scope == "mean" else r["by_snr"]["-5"][m] for r in runs]
+                    vals = [_at(r, scope)[m] for r in runs]
                     row[f"{scope}/{m}"] = (float(np.mean(vals)), float(np.std(vals)))
             table[f"{size}/{method}"] = row
     return table
@@ -158,7 +169,7 @@ def markdown(table, noisy, files, args) -> str:
         "| student | method | " + " | ".join(head) + " | " + " | ".join(f"{h} @-5 dB" for h in head) + " |",
         "|---|---|" + "---:|" * 8,
     ]
-    n, n5 = noisy["mean"], noisy["by_snr"]["-5"]
+    n, n5 = noisy["mean"], _at(noisy, "-5")
     lines.append("| (noisy input) | | " + " | ".join(f"{n[m]:.3f}" if m != "si_sdr" else f"{n[m]:.2f}" for m in METRICS) + " | "
                  + " | ".join(f"{n5[m]:.3f}" if m != "si_sdr" else f"{n5[m]:.2f}" for m in METRICS) + " |")  # fmt: skip
     for key, row in table.items():
