@@ -36,6 +36,7 @@ def parse_args(argv):
     p.add_argument("--pesq-budget", type=float, default=0.10, help="largest allowed PESQ drop of int8 against fp32")
     p.add_argument("--sisdr-budget", type=float, default=0.5, help="largest allowed SI-SDR drop (dB) of int8 against fp32")
     p.add_argument("--golden-frames", type=int, default=200)
+    p.add_argument("--note", default="", help="training data and licence, for the manifest and the model card")
     args = p.parse_args(argv)
     args.formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     bad = set(args.formats) - {"onnx", "tflite"}
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
             golden_frames=args.golden_frames,
             log=lambda msg: print(f"export: {msg}", flush=True),
         )
-        info = {"name": payload["model"]["name"], "file": args.checkpoint.name, "sha256": sha256(args.checkpoint), "step": payload.get("step")}
+        info = {"name": payload["model"]["name"], "file": args.checkpoint.name, "sha256": sha256(args.checkpoint), "step": payload.get("step"), "note": args.note}
         tmp = args.out.resolve().parent / f".{args.out.name}.partial-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()

@@ -425,8 +425,7 @@ def model_card(m: dict) -> str:
         "",
         "## Training",
         "",
-        f"Checkpoint `{ck.get('file')}` (sha256 `{ck.get('sha256', '')[:16]}...`, step {ck.get('step')}). "
-        "The shipped models were trained on noise that includes UrbanSound8K (CC BY-NC 3.0): non-commercial use only.",
+        f"Checkpoint `{ck.get('file')}` (sha256 `{ck.get('sha256', '')[:16]}...`, step {ck.get('step')}). " + ck.get("note", ""),
         "",
     ]
     return "\n".join(lines)
