@@ -377,8 +377,7 @@ def main(argv=None) -> int:
     def on_signal(signum, frame):
         stop["now"] = True
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     pool = ThreadPoolExecutor(1)  # draws the next batch while this one trains
     pending = pool.submit(sampler.batch, step, args.batch)
@@ -405,6 +404,8 @@ def main(argv=None) -> int:
             tqdm.write(f"step {step}: non-finite loss or gradient, update skipped ({skipped} so far)")
             if consecutive_bad >= 50:
                 print("error: 50 consecutive non-finite steps; lower --lr or check the data", file=sys.stderr)
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
                 return 1
         else:
             consecutive_bad = 0
@@ -440,6 +441,8 @@ def main(argv=None) -> int:
     pool.shutdown(wait=False, cancel_futures=True)
     save(last)
     tb.close()
+    for sig, handler in previous.items():  # callers (the KD ablation) must stay interruptible
+        signal.signal(sig, handler)
     if stop["now"]:
         print(f"interrupted at step {step}; saved {last} (continue with --resume)")
         return 130
