@@ -85,7 +85,9 @@ def main(argv=None) -> int:
         from export.verify import load_pairs
 
         devset = load_pairs(args.devset, args.devset_files, rate) if args.devset else []
-        calib = _audio(args.calibration, rate) if args.calibration else ([n for n, _ in devset] or [parity])
+        # Calibration takes --calibration-frames spread over the files, so 20 dev files are plenty; tracing
+        # every file of a large dev set would only cost time and memory (every frame's states are kept).
+        calib = _audio(args.calibration, rate) if args.calibration else ([n for n, _ in devset][:: -(-len(devset) // 20)] or [parity])
         options = Options(
             formats=args.formats,
             parity_audio=parity,
