@@ -93,7 +93,8 @@ def main(argv=None) -> int:
     (args.out / "commands.md").write_text(
         "# Commands of the KD ablation\n\n"
         f"Driver: `python -m benchmarks.kd_ablation --data {args.data} --teacher {args.teacher} --devset {args.devset} "
-        f"--steps {args.steps} --batch {args.batch} --seeds {' '.join(map(str, args.seeds))}`\n\n"
+        f"--sizes {args.sizes} --methods {args.methods} --steps {args.steps} --batch {args.batch} --seeds {' '.join(map(str, args.seeds))}"
+        + (f" --files {args.files}" if args.files else "") + "`\n\n"
         f"Teacher: `{args.teacher}` (sha256 `{sha256(args.teacher)}`, step {checkpoint.read(args.teacher).get('step')})\n\n"
         "Each run:\n\n```sh\n" + "\n".join(commands) + "\n```\n"
     )
