@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from distill.dsp import StftConfig
-from distill.models.layers import CausalConv, GroupedGRU
+from distill.models.layers import CausalConv, GroupedGRU, fold_norms
 
 
 class CompressedFeatures(nn.Module):
@@ -142,12 +141,7 @@ class CRN(nn.Module):
         """A copy in eval mode with every BatchNorm folded into the convolution before it; same
         outputs, fewer ops to export and quantise."""
         m = copy.deepcopy(self).eval()
-        for l, conv in enumerate(m.encoder):
-            conv.conv = fuse_conv_bn_eval(conv.conv, m.enc_norms[l])
-            m.enc_norms[l] = nn.Identity()
-        for l in range(1, len(m.decoder)):
-            m.decoder[l].conv = fuse_conv_bn_eval(m.decoder[l].conv, m.dec_norms[l - 1], transpose=True)
-            m.dec_norms[l - 1] = nn.Identity()
+        fold_norms(m)
         return m
 
     def initial_state(self, batch: int = 1) -> tuple[torch.Tensor, ...]:

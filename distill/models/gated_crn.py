@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from distill.dsp import StftConfig
 from distill.models.crn import BoundedMask, CompressedFeatures
-from distill.models.layers import CausalConv, GroupedGRU
+from distill.models.layers import CausalConv, GroupedGRU, fold_norms
 
 
 @dataclass(frozen=True)
@@ -274,12 +273,7 @@ class GatedCRN(nn.Module):
         """A copy in eval mode with every BatchNorm folded into its convolution."""
         m = copy.deepcopy(self).eval()
         for part in [m, *m.branches]:
-            for l, conv in enumerate(part.encoder):
-                conv.conv = fuse_conv_bn_eval(conv.conv, part.enc_norms[l])
-                part.enc_norms[l] = nn.Identity()
-            for l in range(1, len(part.decoder)):
-                part.decoder[l].conv = fuse_conv_bn_eval(part.decoder[l].conv, part.dec_norms[l - 1], transpose=True)
-                part.dec_norms[l - 1] = nn.Identity()
+            fold_norms(part)
         return m
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 class CausalConv(nn.Module):
@@ -119,3 +120,14 @@ class GroupedGRU(nn.Module):
 
     def initial_state(self, batch: int = 1) -> torch.Tensor:
         return torch.zeros(batch, self.hidden_size)
+
+
+def fold_norms(part: nn.Module) -> None:
+    """Fold, in place, the BatchNorm after every encoder conv and before every decoder conv but the
+    first into that conv (eval mode). ``part`` has ``encoder``, ``enc_norms``, ``decoder``, ``dec_norms``."""
+    for l, conv in enumerate(part.encoder):
+        conv.conv = fuse_conv_bn_eval(conv.conv, part.enc_norms[l])
+        part.enc_norms[l] = nn.Identity()
+    for l in range(1, len(part.decoder)):
+        part.decoder[l].conv = fuse_conv_bn_eval(part.decoder[l].conv, part.dec_norms[l - 1], transpose=True)
+        part.dec_norms[l - 1] = nn.Identity()

@@ -117,3 +117,13 @@ def test_metric_guided_target_is_monotone():
     g = train.GateConfig(mgt=True, mgt_ovrl=(1.5, 3.0), mgt_usage=(1.0, 0.2))
     t = g.target(torch.tensor([1.0, 1.5, 2.25, 3.0, 4.0]), 5)
     assert torch.allclose(t, torch.tensor([1.0, 1.0, 0.6, 0.2, 0.2]))
+
+
+def test_folded_batchnorm_gives_the_same_outputs(model):
+    spec = _probe(model)
+    gates = (torch.rand(1, spec.shape[1], 2) > 0.5).float()
+    with torch.no_grad():
+        a, _, _ = model(spec, gates=gates)
+        b, _, _ = model.fold_batchnorm()(spec, gates=gates)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.fold_batchnorm().modules())
+    assert (a - b).abs().max() < 1e-5
