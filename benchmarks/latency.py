@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import fft
 
 from runtime import report
 from runtime.audio import load
@@ -49,10 +48,9 @@ def measure(engines: dict, signal: np.ndarray) -> dict:
     for start in range(0, len(signal) - hop + 1, hop):
         block = signal[start : start + hop]
         for name, e in engines.items():
-            consumed = np.concatenate([e.frame[: e.win - hop], block])  # the analysis frame this hop completes
             states = e.states
-            e.process(block)
-            fed[name].append((fft.rfft(consumed * e.window, e.n_fft).view(np.float32).reshape(-1, 2), states))
+            e.process(block)  # one hop in: exactly one model step
+            fed[name].append((e.last_frame, states))
     bare = {name: np.empty(len(fed[name])) for name in engines}
     for t in range(len(next(iter(fed.values())))):
         for name, e in engines.items():

@@ -65,7 +65,6 @@ class LiveStream:
         capacity = max(16 * blocksize, engine.rate)  # a second of audio at least
         self.inbox, self.outbox = Ring(capacity), Ring(capacity)
         self.outbox.write(np.zeros(blocksize + 2 * engine.hop, np.float32))  # covers the first blocks' processing
-        self.scratch = np.zeros(blocksize, np.float32)
         self.stop = threading.Event()
         self.started = None
         self.stream = sd.Stream(
