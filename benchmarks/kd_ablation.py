@@ -102,10 +102,7 @@ def main(argv=None) -> int:
 
 
 def evaluate(args, sizes, methods) -> int:
-    items = read_set(args.devset / "noisy", args.devset / "clean")
-    if args.files and args.files < len(items):
-        pick = np.linspace(0, len(items) - 1, args.files).round().astype(int)  # sorted by utterance, then SNR: a stride mixes both
-        items = [items[i] for i in pick]
+    items = read_set(args.devset / "noisy", args.devset / "clean", args.files)  # spread: mixes utterances and SNRs
     snr_of = read_snrs(args.devset)
     cache = args.out / "scores" / f"{len(items)}-files"
     cache.mkdir(parents=True, exist_ok=True)

@@ -40,9 +40,18 @@ def save(path: str | os.PathLike, model: torch.nn.Module, **extra) -> None:
         "versions": versions(),
         **extra,
     }
+    _write(payload, path)
+
+
+def _write(payload: dict, path: Path) -> None:
+    """Atomically: a temporary file, then a rename, so a kill never leaves a half-written file."""
     tmp = path.with_name(f".{path.name}.part")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"{path}: cannot write ({e.strerror})") from None
 
 
 def read(path: str | os.PathLike) -> dict:
@@ -90,13 +99,7 @@ def strip(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     if dst.is_dir() or not dst.parent.is_dir():
         raise CheckpointError(f"{dst}: " + ("is a folder; give a file name" if dst.is_dir() else f"folder {dst.parent} does not exist"))
     keep = {k: payload[k] for k in ("model", "state_dict", "versions", "train_args", "step", "cost", "best_val_sisdr") if k in payload}
-    tmp = dst.with_name(f".{dst.name}.part")
-    try:
-        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **keep}, tmp)
-        os.replace(tmp, dst)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"{dst}: cannot write ({e.strerror})") from None
+    _write({"format": FORMAT, "format_version": FORMAT_VERSION, **keep}, dst)
     return keep
 
 

@@ -109,4 +109,6 @@ def enhance(model: torch.nn.Module, wav: torch.Tensor) -> torch.Tensor:
     """
     cfg = model.config.stft
     spec = stft(wav, cfg)  # [B, T, F, 2]
-    return istft(apply_mask(spec, model(spec)), cfg, wav.shape[-1])
+    out = model(spec)
+    mask = out[0] if isinstance(out, tuple) else out  # gated models also return their gates and logits
+    return istft(apply_mask(spec, mask), cfg, wav.shape[-1])

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from distill import checkpoint
 from distill.data import AudioFolder, MixConfig, MixtureSampler, PairedSampler, PooledSampler, SyntheticSampler, paired_files
-from distill.dsp import apply_mask, istft, stft
+from distill.dsp import apply_mask, enhance, istft, stft
 from distill.kd import METHODS, KDConfig, dfkd, dispatch_l2, gram_loss, output_kd
 from distill.losses import parse_weights, si_sdr, supervised
 from distill.models import PRESETS, build, config_from_dict, cost, gated_cost
@@ -184,6 +184,8 @@ class Objective:
     def __init__(self, weights: dict[str, float], kd: KDConfig | None = None, teacher: torch.nn.Module | None = None, total_steps: int = 0,
                  gating: GateConfig | None = None, branch_macs: list[int] | None = None):  # fmt: skip
         self.weights, self.kd, self.teacher, self.total_steps = weights, kd, teacher, total_steps
+        if gating is not None and kd is not None and kd.needs_activations:
+            raise ValueError("Gram KD needs activations, which gated models do not expose; use output, dispatch or dfkd KD")
         self.gating = gating
         self.share = torch.tensor(branch_macs, dtype=torch.float32) / sum(branch_macs) if branch_macs else None
         names = list(weights)
@@ -204,8 +206,6 @@ class Objective:
         ns, cs = stft(noisy, cfg), stft(clean, cfg)  # [B, T, F, 2]
         cost_term = None
         if self.gating is not None:
-            if taps:
-                raise ValueError("Gram KD needs activations, which gated models do not expose; use output, dispatch or dfkd KD")
             g = self.gating
             progress = step / max(1, self.total_steps)
             tau = g.tau[0] * (g.tau[1] / g.tau[0]) ** progress
@@ -250,11 +250,7 @@ def validate(model, val) -> tuple[float, float]:
     out, gain = [], []
     for noisy, clean in val:
         n, c = torch.from_numpy(noisy)[None], torch.from_numpy(clean)[None]
-        cfg = model.config.stft
-        ns = stft(n, cfg)
-        mask = model(ns)
-        e = istft(apply_mask(ns, mask[0] if isinstance(mask, tuple) else mask), cfg, n.shape[-1])
-        s = si_sdr(e, c).item()
+        s = si_sdr(enhance(model, n), c).item()
         out.append(s)
         gain.append(s - si_sdr(n, c).item())
     model.train()
