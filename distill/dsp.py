@@ -109,6 +109,10 @@ def enhance(model: torch.nn.Module, wav: torch.Tensor) -> torch.Tensor:
     """
     cfg = model.config.stft
     spec = stft(wav, cfg)  # [B, T, F, 2]
+    return istft(apply_mask(spec, predict_mask(model, spec)), cfg, wav.shape[-1])
+
+
+def predict_mask(model: torch.nn.Module, spec: torch.Tensor) -> torch.Tensor:
+    """``model.forward``'s mask. Shape: spec [B, T, F, 2] -> [B, T, F, 2]"""
     out = model(spec)
-    mask = out[0] if isinstance(out, tuple) else out  # gated models also return their gates and logits
-    return istft(apply_mask(spec, mask), cfg, wav.shape[-1])
+    return out[0] if isinstance(out, tuple) else out  # gated models also return their gates and logits

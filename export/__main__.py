@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from distill import checkpoint
+from distill.models.gated_crn import GatedCRN
 from runtime.audio import AudioError, list_audio, load
 from runtime.bundle import BundleError, sha256
 
@@ -106,7 +107,12 @@ def main(argv=None) -> int:
         tmp = args.out.resolve().parent / f".{args.out.name}.partial-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        manifest = build(model, info, tmp, options)
+        if isinstance(model, GatedCRN):
+            from export.gated import build_gated
+
+            manifest = build_gated(model, info, tmp, options)
+        else:
+            manifest = build(model, info, tmp, options)
     except (checkpoint.CheckpointError, AudioError, BundleError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         if tmp is not None:
@@ -137,13 +143,18 @@ def report(manifest: dict) -> None:
     print("\nparity (streamed mask against PyTorch):")
     for name, r in ver["parity"].items():
         tol = f"<= {r['tolerance']:g}" if r["tolerance"] is not None else "(int8: see quality)"
+        if "gates" in r:  # a gated bundle: every way of driving the gates
+            err = ", ".join(f"{g} {v['mask_max_abs_error']:.2e}" for g, v in r["gates"].items())
+            print(f"  {name:12s} max abs error gates {err} {tol} {'ok' if r['passed'] else 'FAILED'}")
+            print(f"  {'':12s} branch usage from the policy {r['gates']['policy']['branch_usage']} (PyTorch {r['pytorch_branch_usage']})")
+            continue
         print(f"  {name:22s} max abs error {r['mask_max_abs_error']:.2e} {tol:22s} {'ok' if r['passed'] else 'FAILED'}")
     q = ver.get("quality") or {}
     if q.get("results"):
         ref = q["reference"]
         print(f"\nquality on {q['files']} dev files (fp32 PyTorch: PESQ {ref['pesq']:.3f}, SI-SDR {ref['si_sdr']:.2f} dB):")
         for name, r in q["results"].items():
-            setting = manifest["files"][name]["quantization"]["setting"]
+            setting = r["setting"] if "setting" in r else manifest["files"][name]["quantization"]["setting"]
             print(
                 f"  {name:22s} PESQ {r['pesq']:.3f} ({-r['pesq_drop']:+.3f})  SI-SDR {r['si_sdr']:.2f} ({-r['si_sdr_drop']:+.2f} dB)  "
                 f"[{setting}] {'ok' if r['passed'] else 'FAILED'}"

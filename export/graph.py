@@ -52,8 +52,9 @@ def prepare(model: nn.Module, tflite: bool = False) -> nn.Module:
     m = model.fold_batchnorm()
     if tflite:
         m.act = MaxLeakyReLU(m.config.slope)
-        for layer in m.decoder:
-            layer.conv = SplitTransposeConv(layer.conv, layer.out_bins)
+        for part in [m, *getattr(m, "branches", ())]:  # a gated model's branches have decoders too
+            for layer in part.decoder:
+                layer.conv = SplitTransposeConv(layer.conv, layer.out_bins)
     return m
 
 

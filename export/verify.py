@@ -10,7 +10,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from distill import metrics
-from distill.dsp import apply_mask, istft
+from distill.dsp import apply_mask, istft, predict_mask
 from export.calibration import Trace, frames
 from runtime.backends import Runner
 
@@ -47,7 +47,7 @@ def quality(model: nn.Module, runners: dict[str, Runner], pairs: list[tuple[np.n
         outs = {n: stream(r, spec) for n, r in runners.items()}
         if reference is None:
             with torch.no_grad():
-                outs["pytorch"] = model(torch.from_numpy(spec)[None])[0].numpy()
+                outs["pytorch"] = predict_mask(model, torch.from_numpy(spec)[None])[0].numpy()
         for name, masks in outs.items():
             est = enhance(model, spec, masks, len(noisy))
             scores[name].append((metrics.pesq_wb(est, clean), metrics.si_sdr(est, clean)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.bundle import Bundle, BundleError, ModelFile
+from runtime.bundle import Bundle, BundleError, ModelFile, StateSpec
 
 BACKENDS = ("onnxruntime", "litert", "pytorch")
 FORMAT = {"onnxruntime": "onnx", "litert": "tflite", "pytorch": "pytorch"}
@@ -38,6 +38,66 @@ def quantize(x: np.ndarray, spec: dict) -> np.ndarray:
 
 def dequantize(q: np.ndarray, spec: dict) -> np.ndarray:
     return ((q.astype(np.float32) - spec["zero_point"]) * np.float32(spec["scale"])).astype(np.float32)
+
+
+def band_energies(frame: np.ndarray, bands: int, width: int) -> np.ndarray:
+    """log10 of the mean power of ``bands`` bands of ``width`` bins from bin 0 (the gating policy's
+    input). Shape: [F, 2] -> [bands]"""
+    power = np.square(frame).sum(-1)[: bands * width].reshape(bands, width).mean(-1)
+    return np.log10(power + np.float32(1e-8)).astype(np.float32)
+
+
+class OnnxSession:
+    """One ONNX file run by tensor names: ``run(values in input order) -> outputs in order``."""
+
+    def __init__(self, path, inputs: list[str], outputs: list[str], threads: int = 1):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BundleError("the onnxruntime backend needs the onnxruntime package: pip install onnxruntime") from None
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.inputs, self.outputs = inputs, outputs
+
+    def run(self, values: list[np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(self.outputs, dict(zip(self.inputs, values)))
+
+
+def _interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise BundleError("the litert backend needs ai-edge-litert (or tflite-runtime): pip install ai-edge-litert") from None
+    return Interpreter
+
+
+class LiteRTSession:
+    """One TFLite file run through its signature's tensor names (see ``OnnxSession``)."""
+
+    def __init__(self, path, inputs: list[str], outputs: list[str], threads: int = 1):
+        self.interpreter = _interpreter_class()(model_path=str(path), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.inputs, self.outputs = inputs, outputs
+        sig = self.interpreter.get_signature_runner()
+        ins, outs = sig.get_input_details(), sig.get_output_details()
+        self.in_idx = [ins[n]["index"] for n in inputs]
+        self.out_idx = [outs[n]["index"] for n in outputs]
+        del sig  # it holds views into the interpreter, which then refuses set_tensor
+
+    def run(self, values: list[np.ndarray]) -> list[np.ndarray]:
+        it = self.interpreter
+        for i, v in zip(self.in_idx, values):
+            it.set_tensor(i, v)
+        it.invoke()
+        return [it.get_tensor(i) for i in self.out_idx]
+
+
+SESSIONS = {"onnxruntime": OnnxSession, "litert": LiteRTSession}
 
 
 class Runner:
@@ -73,51 +133,30 @@ class Runner:
     def run(self, x: np.ndarray, states: list[np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError
 
+    def usage(self) -> dict | None:
+        """What gating skipped since the last ``reset_usage`` (None: this model has no gates)."""
+        return None
+
+    def reset_usage(self) -> None:
+        pass
+
 
 class OnnxRunner(Runner):
     def __init__(self, bundle: Bundle, model: ModelFile, threads: int = 1):
         super().__init__(bundle, model)
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise BundleError("the onnxruntime backend needs the onnxruntime package: pip install onnxruntime") from None
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(model.path), opts, providers=["CPUExecutionProvider"])
+        self.session = OnnxSession(model.path, self.inputs, self.outputs, threads)
 
     def run(self, x, states):
-        return self.session.run(self.outputs, dict(zip(self.inputs, [x, *states])))
-
-
-def _interpreter_class():
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        try:
-            from tflite_runtime.interpreter import Interpreter
-        except ImportError:
-            raise BundleError("the litert backend needs ai-edge-litert (or tflite-runtime): pip install ai-edge-litert") from None
-    return Interpreter
+        return self.session.run([x, *states])
 
 
 class LiteRTRunner(Runner):
     def __init__(self, bundle: Bundle, model: ModelFile, threads: int = 1):
         super().__init__(bundle, model)
-        self.interpreter = _interpreter_class()(model_path=str(model.path), num_threads=threads)
-        self.interpreter.allocate_tensors()
-        sig = self.interpreter.get_signature_runner()
-        ins, outs = sig.get_input_details(), sig.get_output_details()
-        self.in_idx = [ins[n]["index"] for n in self.inputs]
-        self.out_idx = [outs[n]["index"] for n in self.outputs]
-        del sig  # it holds views into the interpreter, which then refuses set_tensor
+        self.session = LiteRTSession(model.path, self.inputs, self.outputs, threads)
 
     def run(self, x, states):
-        it = self.interpreter
-        for i, v in zip(self.in_idx, [x, *states]):
-            it.set_tensor(i, v)
-        it.invoke()
-        return [it.get_tensor(i) for i in self.out_idx]
+        return self.session.run([x, *states])
 
 
 class TorchRunner(Runner):
@@ -141,18 +180,116 @@ class TorchRunner(Runner):
         return [o.numpy() for o in out]
 
 
-def open_runner(bundle: Bundle, backend: str, precision: str, threads: int = 1) -> Runner:
+GATE_MODES = ("policy", "on", "off")
+
+
+class GatedRunner:
+    """A gated bundle run as its manifest's gating protocol says: per frame the trunk, then the
+    policy, then only the branches whose gate is open (the policy's ``logits > 0``, or all / none
+    when ``gates`` forces them). A skipped branch's graph is not called at all. Counts gate usage
+    and the MACs executed (trunk + policy + branches that ran).
+    """
+
+    def __init__(self, gating: dict, states: tuple[StateSpec, ...], power: float, sessions: dict, gates: str = "policy"):
+        """``gating``: the manifest's gating section; ``sessions``: per part, an object with
+        ``inputs``, ``outputs`` (tensor names) and ``run(values) -> outputs``."""
+        if gates not in GATE_MODES:
+            raise BundleError(f"unknown gate mode {gates!r}; choose from {', '.join(GATE_MODES)}")
+        self.power = power
+        self.bands, self.width = gating["energies"]["bands"], gating["energies"]["width"]
+        self.names = [s.name for s in states]
+        index = {n: i for i, n in enumerate(self.names)}
+        self.parts = {}
+        for name in gating["order"]:
+            session = sessions[name]
+            updates = [(index[st], session.outputs.index(f"{st}_out")) for st in gating["parts"][name]["states"]]
+            self.parts[name] = (session, updates)
+        self.branches = [n for n in gating["order"] if n.startswith("branch")]
+        self.zeroed = [[index[st] for st in gating["parts"][b]["zeroed_when_skipped"]] for b in self.branches]
+        self.zeros = [np.zeros(s.shape, np.float32) for s in states]
+        self.macs_fixed = gating["parts"]["trunk"]["macs_per_frame"] + gating["parts"]["policy"]["macs_per_frame"]
+        self.macs_branch = np.array([gating["parts"][b]["macs_per_frame"] for b in self.branches], np.int64)
+        self.gates = gates
+        self.forced = np.full(len(self.branches), gates == "on")
+        self.states = states
+        self.reset_usage()
+
+    @classmethod
+    def open(cls, bundle: Bundle, backend: str, precision: str, threads: int = 1, gates: str = "policy") -> "GatedRunner":
+        if backend not in SESSIONS:
+            raise BundleError(f"gated bundles run on {' or '.join(SESSIONS)}, not {backend}")
+        sessions = {}
+        for name, f in bundle.parts(FORMAT[backend], precision).items():
+            sessions[name] = SESSIONS[backend](f.path, [i["name"] for i in f.io["inputs"]], [o["name"] for o in f.io["outputs"]], threads)
+        power = bundle.manifest["transforms"]["features"]["power"]
+        return cls(bundle.gating, bundle.states, power, sessions, gates)
+
+    def initial_state(self) -> list[np.ndarray]:
+        return [np.full(s.shape, s.init, np.float32) for s in self.states]
+
+    def __call__(self, frame: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        env = {"features": compressed_features(frame, self.power)[:, None, :][None], "energies": band_energies(frame, self.bands, self.width)[None]}
+        env.update(zip(self.names, states))
+        new = list(states)
+        self._run("trunk", env, new)
+        self._run("policy", env, new)
+        on = env["logits"][0] > 0 if self.gates == "policy" else self.forced  # [K]
+        z = env["z_trunk"]  # [1, 2, 1, F]
+        for k, name in enumerate(self.branches):
+            if on[k]:
+                self._run(name, env, new)
+                z = z + env[f"z_{name}"]
+            else:  # outputs zero, GRU held (the states not listed keep their value)
+                for i in self.zeroed[k]:
+                    new[i] = self.zeros[i]
+        self.frames += 1
+        self.on += on
+        self.macs += self.macs_fixed + int(self.macs_branch[on].sum())
+        return bounded_mask(z[0, :, 0, :]), new
+
+    def _run(self, name: str, env: dict, new: list) -> None:
+        session, updates = self.parts[name]
+        res = session.run([env[n] for n in session.inputs])
+        env.update(zip(session.outputs, res))
+        for i, j in updates:
+            new[i] = res[j]
+
+    def usage(self) -> dict:
+        n = max(self.frames, 1)
+        full = self.macs_fixed + int(self.macs_branch.sum())
+        return {
+            "gates": self.gates,
+            "frames": self.frames,
+            "branch_usage": [round(float(c) / n, 4) for c in self.on],
+            "macs_per_frame": self.macs / n,
+            "macs_all_on": full,
+            "mac_ratio": self.macs / n / full,
+        }
+
+    def reset_usage(self) -> None:
+        self.frames, self.macs = 0, 0
+        self.on = np.zeros(len(self.branches), np.int64)
+
+
+def open_runner(bundle: Bundle, backend: str, precision: str, threads: int = 1, gates: str = "policy") -> Runner | GatedRunner:
+    """The runner of one model of the bundle (a ``GatedRunner`` for a gated bundle), checked by one
+    step on silence. ``gates`` forces a gated bundle's branches ``on`` or ``off``."""
     if backend not in BACKENDS:
         raise BundleError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    model = bundle.model(FORMAT[backend], precision)
-    cls = {"onnxruntime": OnnxRunner, "litert": LiteRTRunner, "pytorch": TorchRunner}[backend]
+    if bundle.gating is None and gates != "policy":
+        raise BundleError(f"{bundle.root}: has no gates to force (it is not a gated bundle); leave out --gates")
     try:
-        runner = cls(bundle, model, threads)
+        if bundle.gating is not None:
+            runner = GatedRunner.open(bundle, backend, precision, threads, gates)
+        else:
+            cls = {"onnxruntime": OnnxRunner, "litert": LiteRTRunner, "pytorch": TorchRunner}[backend]
+            runner = cls(bundle, bundle.model(FORMAT[backend], precision), threads)
         # One step on silence: a file that loads but does not fit the manifest fails here, not mid-stream.
         runner(np.zeros((bundle.signal["bins"], 2), np.float32), runner.initial_state())
+        runner.reset_usage()
     except BundleError:
         raise
     except Exception as e:  # each backend library raises its own types for a bad model file
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise BundleError(f"{model.path}: cannot run it ({detail}); the bundle is damaged or inconsistent, re-export it") from None
+        raise BundleError(f"{bundle.root}: cannot run its {FORMAT[backend]} {precision} model ({detail}); the bundle is damaged or inconsistent, re-export it") from None
     return runner

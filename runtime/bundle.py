@@ -94,6 +94,42 @@ class Bundle:
         for m in self.models():
             for key in ("input", "output", "states", "graph"):
                 m.io[key]
+        if self.gating is not None:
+            self._check_gating()
+
+    @property
+    def gating(self) -> dict | None:
+        """The gating protocol of a gated bundle (None for a plain one); see the README."""
+        return self.manifest.get("gating")
+
+    def _check_gating(self) -> None:
+        g, names = self.gating, {s.name for s in self.states}
+        branches = int(g["branches"])
+        if g["order"] != ["trunk", "policy", *(f"branch{k}" for k in range(branches))]:
+            raise ValueError(f"gating.order {g['order']!r} is not trunk, policy, branch0..branch{branches - 1}")
+        int(g["energies"]["bands"]), int(g["energies"]["width"])
+        for name in g["order"]:
+            part = g["parts"][name]
+            int(part["macs_per_frame"])
+            owned = set(part["states"]) | set(part.get("zeroed_when_skipped", ()))
+            if not owned <= names:
+                raise ValueError(f"gating part {name} names states the bundle does not have: {sorted(owned - names)}")
+        for entry in self.files.values():
+            if entry.get("kind") == "part":
+                entry["part"], entry["io"]["inputs"], entry["io"]["outputs"]
+
+    def parts(self, format: str, precision: str) -> dict[str, ModelFile]:
+        """A gated bundle's part files at one format and precision, by part name."""
+        found = {
+            e["part"]: ModelFile(self.root / name, e["format"], e["precision"], e["io"])
+            for name, e in self.files.items()
+            if e.get("kind") == "part" and e["format"] == format and e["precision"] == precision
+        }
+        missing = [p for p in self.gating["order"] if p not in found]
+        if missing:
+            have = sorted({f"{e['format']}/{e['precision']}" for e in self.files.values() if e.get("kind") == "part"})
+            raise BundleError(f"{self.root}: no {format} parts at precision {precision} (this gated bundle has {', '.join(have)})")
+        return found
 
     def verify(self) -> None:
         """Every listed file exists and has the recorded sha256."""

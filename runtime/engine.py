@@ -49,6 +49,7 @@ class Engine:
         self.fill = 0
         self.ola = np.zeros(self.win, np.float32)
         self.states = self.runner.initial_state()
+        self.runner.reset_usage()
         self.frames = 0
         self.nonfinite_samples = 0
         self.state_resets = 0

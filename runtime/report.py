@@ -30,6 +30,8 @@ def build(engine: Engine, backend: str, precision: str, threads: int, audio_seco
     t = engine.frame_times_us()
     frames_per_second = engine.rate / engine.hop
     pct = {f"p{q}": float(np.percentile(t, q)) if len(t) else None for q in (50, 95, 99)}
+    gating = engine.runner.usage()  # a gated model executes only the parts its gates open
+    macs = gating["macs_per_frame"] if gating else engine.macs_per_frame
     return {
         "backend": backend,
         "precision": precision,
@@ -39,8 +41,9 @@ def build(engine: Engine, backend: str, precision: str, threads: int, audio_seco
         "frame_compute_us": {**pct, "max": float(t.max()) if len(t) else None, "mean": float(t.mean()) if len(t) else None},
         "real_time_factor": float(t.sum() / 1e6 / audio_seconds) if audio_seconds else None,
         "algorithmic_latency_ms": engine.latency_ms,
-        "macs_per_frame": engine.macs_per_frame,
-        "mmacs_per_second": engine.macs_per_frame * frames_per_second / 1e6,
+        "macs_per_frame": macs,
+        "mmacs_per_second": macs * frames_per_second / 1e6,
+        **({"gating": gating} if gating else {}),
         "nonfinite_samples_replaced": engine.nonfinite_samples,
         "state_resets": engine.state_resets,
         "machine": machine(),
@@ -58,6 +61,9 @@ def summary(r: dict) -> str:
         else "frames 0",
         f"algorithmic latency {r['algorithmic_latency_ms']:.1f} ms; {r['macs_per_frame'] / 1e3:.1f} k MACs/frame = {r['mmacs_per_second']:.1f} MMAC/s",
     ]
+    if r.get("gating"):
+        g = r["gating"]
+        lines.append(f"gates {g['gates']}: branch usage {', '.join(f'{u:.2f}' for u in g['branch_usage'])}; executed {g['mac_ratio']:.0%} of the all-on {g['macs_all_on'] / 1e3:.1f} k MACs/frame")
     extras = [f"{k.replace('_', ' ')} {r[k]}" for k in ("input_overflows", "output_underflows", "nonfinite_samples_replaced", "state_resets") if r.get(k)]
     if extras:
         lines.append("; ".join(extras))

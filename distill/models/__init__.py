@@ -105,13 +105,14 @@ def gated_cost(model: nn.Module) -> dict:
     each branch; what a frame executes is trunk + policy + the enabled branches."""
     was_training = model.training
     model.eval()
-    frame = torch.zeros(1, model.config.stft.bins, 2)
-    old = model.trunk_state(1)
-    _, _, new = model.trunk_step(frame, old)
+    x = torch.zeros(1, 3, 1, model.config.stft.bins)
+    old = model.trunk_state(1)[:-1]  # without policy_h
+    _, new = model.trunk_step(x, old)
+    e = torch.zeros(1, model.config.policy_bands)
     trunk_modules = [m for name, m in model.named_modules() if not name.startswith(("branches", "policy"))]
     parts = {
-        "trunk": _count_macs(trunk_modules, lambda: model.trunk_step(frame, old)),
-        "policy": _count_macs(list(model.policy.modules()), lambda: model.trunk_step(frame, old)),
+        "trunk": _count_macs(trunk_modules, lambda: model.trunk_step(x, old)),
+        "policy": _count_macs(list(model.policy.modules()), lambda: model.policy.step(e, new[-1], model.policy.gru.initial_state(1))),
         "branches": [
             _count_macs(list(b.modules()), lambda k=k: model.branch_step(k, old, new, model.branch_state(k, 1))) for k, b in enumerate(model.branches)
         ],

@@ -48,7 +48,7 @@ class GatedCRNConfig:
 class Policy(nn.Module):
     """Per-frame gate logits from log band energies of the frame and the trunk's GRU output.
 
-    Shape: forward: spec [B, T, F, 2], r [B, T, H] -> [B, T, K]; step: [B, F, 2], [B, H], h -> ([B, K], h)
+    Shape: forward: spec [B, T, F, 2], r [B, T, H] -> [B, T, K]; step: e [B, bands], r [B, H], h -> ([B, K], h)
     """
 
     def __init__(self, bins: int, trunk_width: int, bands: int, hidden: int, branches: int):
@@ -68,8 +68,10 @@ class Policy(nn.Module):
         y, _ = self.gru(x, self.gru.initial_state(x.shape[0]).to(x))
         return self.out(y)
 
-    def step(self, frame, r, h):
-        h = self.gru.step(torch.relu(self.proj(torch.cat([self.energies(frame), r], dim=-1))), h)  # [B, hidden]
+    def step(self, e, r, h):
+        """One frame from its band energies ``e`` [B, bands] (``energies(frame)``), taken apart so
+        an exported policy graph needs no log."""
+        h = self.gru.step(torch.relu(self.proj(torch.cat([e, r], dim=-1))), h)  # [B, hidden]
         return self.out(h), h
 
 
@@ -182,6 +184,7 @@ class GatedCRN(nn.Module):
         return self.trunk_state(batch) + sum((self.branch_state(k, batch) for k in range(len(self.branches))), ())
 
     def trunk_state(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
+        """Zero state of the trunk and then of the policy (``policy_h``, last)."""
         convs = [m.initial_state(batch) for m in self.encoder] + [m.initial_state(batch) for m in self.decoder]
         return tuple(convs) + (self.gru.initial_state(batch), self.policy.gru.initial_state(batch))
 
@@ -194,29 +197,28 @@ class GatedCRN(nn.Module):
         dec = [torch.zeros(batch, b[l], 1, self.bins[l + 1]) for l in range(L)]
         return tuple(enc) + tuple(dec) + (self.branches[k].gru.initial_state(batch),)
 
-    def trunk_step(self, frame: torch.Tensor, state: tuple) -> tuple[torch.Tensor, torch.Tensor, tuple]:
-        """The always-on part of one frame: its z term, the gate logits and the trunk's new state
-        (whose conv entries are also what the branches read as the trunk's current inputs).
+    def trunk_step(self, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
+        """The always-on part of one frame, from its features: its z term and the trunk's new state
+        (conv inputs, then GRU hidden; the conv entries are also what the branches read as the
+        trunk's current inputs, and the hidden is what the policy reads).
 
-        Shape: frame [B, F, 2] -> (z [B, 2, 1, F], logits [B, K], state)
+        Shape: x [B, 3, 1, F], state (no policy_h) -> (z [B, 2, 1, F], state)
         """
         L = len(self.encoder)
-        enc_prev, dec_prev, h, hp = state[:L], state[L : 2 * L], state[2 * L], state[2 * L + 1]
+        enc_prev, dec_prev, h = state[:L], state[L : 2 * L], state[2 * L]
         new_enc, new_dec, skips = [], [None] * L, []
-        x = self.features(frame.unsqueeze(1))  # [B, 3, 1, F]
         for conv, norm, prev in zip(self.encoder, self.enc_norms, enc_prev):
             x, kept = conv.step(x, prev)
             x = self.act(norm(x))
             new_enc.append(kept)
             skips.append(x)
         h = self.gru.step(x.permute(0, 2, 1, 3).flatten(1), h)  # [B, C*F]
-        logits, hp = self.policy.step(frame, h, hp)
         u = h.view(-1, self.config.channels[-1], 1, self.bins[-1])  # [B, C_L, 1, F_L]
         for l in reversed(range(L)):
             u, new_dec[l] = self.decoder[l].step(u + self.skips[l](skips[l]), dec_prev[l])
             if l > 0:
                 u = self.act(self.dec_norms[l - 1](u))
-        return u, logits, tuple(new_enc) + tuple(new_dec) + (h, hp)
+        return u, tuple(new_enc) + tuple(new_dec) + (h,)
 
     def branch_step(self, k: int, trunk_old: tuple, trunk_new: tuple, state: tuple) -> tuple[torch.Tensor, tuple]:
         """Branch k for one frame, given the trunk's state before and after ``trunk_step``.
@@ -253,15 +255,17 @@ class GatedCRN(nn.Module):
         return tuple(torch.zeros_like(s) for s in state[:-1]) + (state[-1],)
 
     def step(self, frame: torch.Tensor, state: tuple, gates: torch.Tensor | None = None):
-        """One frame with hard gates (from the policy's logits > 0 unless ``gates`` [B, K] given)."""
-        nt = 2 * len(self.encoder) + 2
+        """One frame with hard gates (from the policy's logits > 0 unless ``gates`` [B, K] given):
+        trunk, then policy, then the enabled branches, the order an exported model runs in."""
+        nt = 2 * len(self.encoder) + 1
         nb = 2 * len(self.encoder)
-        trunk = state[:nt]
-        z, logits, new_trunk = self.trunk_step(frame, trunk)
+        trunk, hp = state[:nt], state[nt]
+        z, new_trunk = self.trunk_step(self.features(frame.unsqueeze(1)), trunk)
+        logits, hp = self.policy.step(self.policy.energies(frame), new_trunk[-1], hp)
         g = (logits > 0).float() if gates is None else gates
-        out = list(new_trunk)
+        out = [*new_trunk, hp]
         for k in range(len(self.branches)):
-            bs = state[nt + k * nb : nt + (k + 1) * nb]
+            bs = state[nt + 1 + k * nb : nt + 1 + (k + 1) * nb]
             zk, run = self.branch_step(k, trunk, new_trunk, bs)
             skip = self.skipped(k, bs)
             on = g[:, k].view(-1, 1, 1, 1)

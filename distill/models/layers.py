@@ -112,6 +112,8 @@ class GroupedGRU(nn.Module):
 
     def step(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         P = self.groups
+        if P == 1:  # no one-piece split: litert-torch 0.10 cannot lower it
+            return self.cell(self.ih[0](x), self.hh[0](h), h)  # [B, H]
         hs = [
             self.cell(ih(xg), hh(hg), hg)  # [B, gh]
             for ih, hh, xg, hg in zip(self.ih, self.hh, x.chunk(P, dim=-1), h.chunk(P, dim=-1))

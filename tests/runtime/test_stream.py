@@ -63,7 +63,7 @@ def test_file_mode_reports_replaced_nan(small_bundle, tmp_path):
         ("no-device", "device"),
         ("manifest-field", "missing 'hop'"),
         ("manifest-value", "signal.hop must be a positive integer"),
-        ("model-mismatch", "cannot run it"),
+        ("model-mismatch", "cannot run its"),
         ("same-file", "also an input file"),
         ("format", "name it .wav, .flac or .ogg"),
     ],

@@ -1,0 +1,411 @@
+"""Export of a gated model as separately callable parts, so that a closed branch costs nothing.
+
+Each part is its own graph file, per format and precision:
+
+- ``trunk``: features [1, 3, 1, F] and the trunk's states -> ``z_trunk`` [1, 2, 1, F] and its states;
+- ``policy``: band energies [1, bands], the trunk's new GRU hidden, its own hidden -> ``logits`` [1, K];
+- ``branch<k>``: the trunk's conv states from the start of the frame and after the trunk ran, and
+  the branch's own states -> ``z_branch<k>`` [1, 2, 1, F] and its states.
+
+Features, energies, the sum of the z terms and the mask bound are computed outside the graphs in
+float, as the manifest's ``transforms`` say. The manifest's ``gating`` section is the protocol a
+runtime (``runtime.backends.GatedRunner``, or firmware in C) follows.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from distill.models import config_to_dict, cost, gated_cost
+from export import calibration, firmware, verify
+from export.build import ExportError, Options, _signal, _transforms, _versions
+from export.graph import Named, prepare
+from runtime.backends import GATE_MODES, SESSIONS, GatedRunner
+from runtime.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, StateSpec, sha256
+
+GATE_PROTOCOL = (
+    "Per frame: compute features and energies from the frame (transforms). Run the parts in 'order'. "
+    "Every part input is named after either 'features' or 'energies', a state (its value at the start "
+    "of this frame), or an output of a part that already ran this frame. After the policy, branch k "
+    "runs only if logits[k] > 0; a branch that does not run is not called at all: its states listed in "
+    "'zeroed_when_skipped' become zeros and its other states (its GRU hidden) keep their value. A part "
+    "that ran sets each of its 'states' to its output '<state>_out'. z = z_trunk + the z_branch<k> of the "
+    "branches that ran; mask = mask_bound(z). MACs executed = trunk + policy + the branches that ran."
+)
+
+
+class TrunkPart(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features, *state):
+        z, new = self.model.trunk_step(features, state)
+        return (z, *new)
+
+
+class PolicyPart(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, energies, r, h):
+        return self.model.policy.step(energies, r, h)
+
+
+class BranchPart(nn.Module):
+    def __init__(self, model: nn.Module, k: int):
+        super().__init__()
+        self.model, self.k, self.n = model, k, 2 * len(model.encoder)
+
+    def forward(self, *args):
+        n = self.n
+        z, new = self.model.branch_step(self.k, args[:n], args[n : 2 * n], args[2 * n :])
+        return (z, *new)
+
+
+@dataclass
+class Part:
+    module: nn.Module
+    inputs: list[str]
+    outputs: list[str]
+    example: tuple[torch.Tensor, ...]
+
+
+def parts(model: nn.Module) -> dict[str, Part]:
+    """The graphs of a (prepared) gated model, in call order."""
+    L, names = len(model.encoder), model.state_names()
+    trunk_states, conv = list(names[: 2 * L + 1]), list(names[: 2 * L])
+    zeros = dict(zip(names, model.initial_state(1)))  # examples: one tensor per input, since exporters merge aliased ones
+    out = {
+        "trunk": Part(TrunkPart(model), ["features", *trunk_states], ["z_trunk", *(f"{s}_out" for s in trunk_states)],
+                      (torch.zeros(1, 3, 1, model.config.stft.bins), *(zeros[s] for s in trunk_states))),
+        "policy": Part(PolicyPart(model), ["energies", "gru_h_out", "policy_h"], ["logits", "policy_h_out"],
+                       (torch.zeros(1, model.config.policy_bands), zeros["gru_h"], zeros["policy_h"])),
+    }  # fmt: skip
+    nb = 2 * L
+    for k in range(len(model.branches)):
+        own = list(names[2 * L + 2 + k * nb : 2 * L + 2 + (k + 1) * nb])
+        out[f"branch{k}"] = Part(BranchPart(model, k), [*conv, *(f"{c}_out" for c in conv), *own], [f"z_branch{k}", *(f"{s}_out" for s in own)],
+                                 tuple(torch.zeros_like(zeros[c]) for c in conv + conv) + tuple(zeros[s] for s in own))  # fmt: skip
+    return out
+
+
+def gating(model: nn.Module) -> dict:
+    """The manifest's gating section: call order, tensors, state ownership, skip rules, MACs."""
+    macs = gated_cost(model)
+    section = {"branches": len(model.branches), "order": [], "parts": {},
+               "threshold": "branch k runs on a frame when logits[k] > 0",
+               "energies": {"bands": model.config.policy_bands, "width": model.policy.band_width}}  # fmt: skip
+    for name, p in parts(model).items():
+        states = [n for n in p.inputs if f"{n}_out" in p.outputs]
+        entry = {"inputs": p.inputs, "outputs": p.outputs, "states": states}
+        if name.startswith("branch"):
+            k = int(name[len("branch") :])
+            entry["macs_per_frame"] = macs["branches"][k]
+            entry["zeroed_when_skipped"] = [s for s in states if not s.endswith("gru_h")]
+            entry["held_when_skipped"] = [s for s in states if s.endswith("gru_h")]
+        else:
+            entry["macs_per_frame"] = macs[name]
+        section["order"].append(name)
+        section["parts"][name] = entry
+    section["protocol"] = GATE_PROTOCOL
+    return section
+
+
+class TorchSession:
+    """A part module behind the runtime's session interface; ``record`` collects its inputs."""
+
+    def __init__(self, part: Part, record: list | None = None):
+        self.part, self.inputs, self.outputs, self.record = part, part.inputs, part.outputs, record
+
+    def run(self, values):
+        if self.record is not None:
+            self.record.append([np.array(v) for v in values])
+        with torch.no_grad():
+            out = self.part.module(*(torch.from_numpy(np.ascontiguousarray(v)) for v in values))
+        return [o.numpy() for o in out]
+
+
+def state_specs(model: nn.Module) -> tuple[StateSpec, ...]:
+    return tuple(StateSpec(n, f"{n}_out", tuple(s.shape), 0.0) for n, s in zip(model.state_names(), model.initial_state(1)))
+
+
+def torch_runner(model: nn.Module, gates: str = "policy", records: dict | None = None) -> GatedRunner:
+    """The protocol run on the PyTorch parts (``records``: part name -> list that collects inputs)."""
+    g = gating(model)
+    sessions = {n: TorchSession(p, (records or {}).get(n)) for n, p in parts(model).items()}
+    return GatedRunner(g, state_specs(model), model.config.compress, sessions, gates)
+
+
+@torch.no_grad()
+def reference(model: nn.Module, spec: np.ndarray, gates: str) -> tuple[np.ndarray, np.ndarray]:
+    """Masks [T, F, 2] and gates [T, K] of PyTorch's hard-gated ``model.step`` streamed over
+    ``spec`` [T, F, 2]; policy gates as the offline pass thresholds them (equal, as tested)."""
+    K, T = len(model.branches), len(spec)
+    x = torch.from_numpy(spec)
+    forced = {"on": torch.ones(1, K), "off": torch.zeros(1, K), "policy": None}[gates]
+    used = model(x[None])[1][0] if forced is None else forced.expand(T, K)  # [T, K]
+    state, masks = model.initial_state(1), []
+    for t in range(T):
+        mask, state = model.step(x[t : t + 1], state, forced)
+        masks.append(mask[0].numpy())
+    return np.stack(masks), used.numpy() > 0
+
+
+def _calibration_samples(model: nn.Module, signals: list[np.ndarray], limit: int) -> dict[str, list[dict]]:
+    """Inputs of every part while streaming real audio with all branches on (so every branch sees
+    every kind of frame), ``limit`` frames per part spread over the signals."""
+    records = {n: [] for n in parts(model)}
+    runner = torch_runner(model, "on", records)
+    for x in tqdm(signals, desc="calibration", leave=False, dynamic_ncols=True):
+        verify.stream(runner, calibration.frames(model, x).numpy())
+    out = {}
+    for name, rows in records.items():
+        names = parts(model)[name].inputs
+        pick = np.linspace(0, len(rows) - 1, min(limit, len(rows))).round().astype(int)
+        out[name] = [dict(zip(names, (np.ascontiguousarray(v, np.float32) for v in rows[i]))) for i in pick]
+    return out
+
+
+def _tensors(names: list[str], values) -> list[dict]:
+    return [{"name": n, "shape": list(v.shape), "dtype": "float32"} for n, v in zip(names, values)]
+
+
+POLICY_FLOAT = (
+    "the int8 sets keep the policy in float: an int8 policy flips gate decisions near the threshold, "
+    "and the policy is a few per cent of the MACs (ai-edge-quantizer 0.10 also mis-types its last layer)"
+)
+GRU_SCOPES = ("model.gru", "model.policy")  # the second ONNX attempt keeps every GRU in float
+
+
+def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options) -> dict:
+    """Export, verify and describe a gated ``model`` into the (empty) folder ``out``."""
+    log = opt.log
+    model = model.eval()
+    section = gating(model)
+    files: dict[str, dict] = {}
+    samples = _calibration_samples(model, opt.calibration, opt.calibration_frames)
+
+    def add(name, kind, **info):
+        files[name] = {"kind": kind, **info, "sha256": sha256(out / name), "bytes": (out / name).stat().st_size}
+
+    def io(p: Part) -> dict:
+        """Tensor names and shapes of a part; float32 throughout (int8 parts quantise inside)."""
+        with torch.no_grad():
+            results = p.module(*p.example)
+        return {"inputs": _tensors(p.inputs, p.example), "outputs": _tensors(p.outputs, results)}
+
+    graphs = {"onnx": parts(prepare(model)), "tflite": parts(prepare(model, tflite=True))}
+    for fmt in opt.formats:
+        for name, p in graphs[fmt].items():
+            log(f"{fmt}: exporting {name} (fp32)")
+            path = out / f"{name}.{fmt}"
+            if fmt == "onnx":
+                from export import to_onnx
+
+                to_onnx.export_fp32(p.module, p.example, p.inputs, p.outputs, path, {"part": name, "gating_protocol": GATE_PROTOCOL})
+                ops = to_onnx.op_list(path)
+            else:
+                from export import to_tflite
+
+                to_tflite.convert(Named(p.module, p.inputs, p.outputs), dict(zip(p.inputs, p.example)), path)
+                ops = to_tflite.op_list(path)
+            add(path.name, "part", part=name, format=fmt, precision="fp32", io=io(p), ops=ops)
+
+    def quantise(fmt, attempt):
+        for name, p in graphs[fmt].items():
+            src, dst = out / f"{name}.{fmt}", out / f"{name}.int8.{fmt}"
+            if name == "policy":
+                shutil.copyfile(src, dst)
+                add(dst.name, "part", part=name, format=fmt, precision="int8", io=io(p), ops=files[src.name]["ops"],
+                    quantization={"setting": "kept float", "reason": POLICY_FLOAT})  # fmt: skip
+                continue
+            if fmt == "onnx":
+                from export import to_onnx
+
+                label, keep = attempt
+                scopes = keep + tuple(f"model.branches.{k}.gru" for k in range(len(model.branches))) if keep else ()
+                info = to_onnx.quantize_int8(src, dst, samples[name], scopes)
+                ops = to_onnx.op_list(dst)
+            else:
+                from export import to_tflite
+
+                label, bits, wide = attempt
+                info = to_tflite.quantize(src, dst, samples[name], integer_io=False, activation_bits=bits, wide=wide)
+                ops = to_tflite.op_list(dst)
+            add(dst.name, "part", part=name, format=fmt, precision="int8", io=io(p), ops=ops, quantization={**info, "setting": label})
+
+    attempts = {
+        "onnx": [("int8", ()), ("int8, GRUs in float", GRU_SCOPES)],
+        "tflite": [("int8", 8, None), ("int8, GRU activations int16", 8, "GroupedGRU"), ("int16 activations", 16, None)],
+    }
+    for fmt in opt.formats:
+        log(f"{fmt}: quantising every part ({attempts[fmt][0][0]})")
+        quantise(fmt, attempts[fmt][0])
+
+    def write_manifest(verification):
+        for name, entry in files.items():
+            entry["sha256"] = sha256(out / name)
+            entry["bytes"] = (out / name).stat().st_size
+        (out / MANIFEST).write_text(json.dumps(manifest(model, section, checkpoint_info, files, verification), indent=1))
+
+    def runners(fmt, precision, gates="policy"):
+        from runtime.bundle import Bundle
+
+        write_manifest(verification)
+        backend = {"onnx": "onnxruntime", "tflite": "litert"}[fmt]
+        return GatedRunner.open(Bundle(out), backend, precision, 1, gates)
+
+    verification = {"parity": {}, "quality": None, "passed": False, "parity_audio": opt.parity_name}
+    spec = calibration.frames(model, opt.parity_audio).numpy()
+    refs = {g: reference(model, spec, g) for g in GATE_MODES}
+    torch_masks = {g: verify.stream(torch_runner(model, g), spec) for g in GATE_MODES}
+    if any(np.abs(torch_masks[g] - refs[g][0]).max() > opt.parity_tolerance for g in GATE_MODES):
+        raise ExportError("the part graphs do not reproduce the model's step; this is a bug in export/gated.py")
+
+    def check_parity():
+        log(f"parity: streaming {len(spec)} frames of {opt.parity_name} with gates on, off and from the policy")
+        for fmt in opt.formats:
+            for precision in ("fp32", "int8"):
+                res = {}
+                for g in GATE_MODES:
+                    r = runners(fmt, precision, g)
+                    masks = verify.stream(r, spec)
+                    res[g] = {"mask_max_abs_error": float(np.abs(masks - refs[g][0]).max()), "branch_usage": r.usage()["branch_usage"]}
+                tol = opt.parity_tolerance if precision == "fp32" else None
+                passed = tol is None or all(v["mask_max_abs_error"] <= tol for v in res.values())
+                pytorch_usage = refs["policy"][1].mean(0).round(4).tolist()
+                verification["parity"][f"{fmt}/{precision}"] = {"frames": len(spec), "tolerance": tol, "passed": bool(passed), "gates": res, "pytorch_branch_usage": pytorch_usage}
+
+    if opt.devset:
+        log(f"quality: PyTorch fp32 (policy gates) on {len(opt.devset)} dev files")
+        ref_scores = verify.quality(model, {}, opt.devset)["pytorch"]
+        quality = {"devset": opt.devset_name, "files": len(opt.devset), "budget": {"pesq_drop": opt.pesq_budget, "si_sdr_drop": opt.sisdr_budget},
+                   "reference": ref_scores, "attempts": [], "results": {}}  # fmt: skip
+        for fmt in opt.formats:
+            for i, attempt in enumerate(attempts[fmt]):
+                if i:
+                    log(f"{fmt}: over budget, re-quantising ({attempt[0]})")
+                    quantise(fmt, attempt)
+                log(f"quality: {fmt} int8 parts ({attempt[0]})")
+                r = runners(fmt, "int8")
+                verdicts = verify.judge(verify.quality(model, {f"{fmt}/int8": r}, opt.devset, reference=ref_scores), opt.pesq_budget, opt.sisdr_budget)
+                verdicts[f"{fmt}/int8"].update(branch_usage=r.usage()["branch_usage"], setting=attempt[0])
+                quality["attempts"].append({"format": fmt, "setting": attempt[0], "results": verdicts})
+                if all(v["passed"] for v in verdicts.values()):
+                    break
+            quality["results"].update(verdicts)
+        verification["quality"] = quality
+    else:
+        verification["quality"] = {"run": False, "reason": "no dev set given (--devset): int8 quality not measured"}
+    check_parity()  # after quality, which may have re-quantised the int8 files
+
+    if "tflite" in opt.formats:
+        log("firmware: C arrays of the int8 TFLite parts")
+        for name in graphs["tflite"]:
+            symbol = f"{name}_int8_tflite"
+            firmware.c_model((out / f"{name}.int8.tflite").read_bytes(), symbol, out / f"{symbol}.h", out / f"{symbol}.cc")
+            add(f"{symbol}.h", "c_header", embeds=f"{name}.int8.tflite")
+            add(f"{symbol}.cc", "c_source", embeds=f"{name}.int8.tflite", symbol=symbol, alignment=16)
+
+    quality_ok = not opt.devset or all(v["passed"] for v in verification["quality"]["results"].values())
+    verification["passed"] = all(v["passed"] for v in verification["parity"].values()) and quality_ok
+    (out / "README.md").write_text(model_card(manifest(model, section, checkpoint_info, files, verification)))
+    add("README.md", "model_card")
+    write_manifest(verification)
+    return json.loads((out / MANIFEST).read_text())
+
+
+def manifest(model: nn.Module, section: dict, checkpoint_info: dict, files: dict, verification: dict) -> dict:
+    cst = cost(model)
+    transforms = _transforms(model)
+    for key in ("features", "mask_bound"):
+        transforms[key]["used_by"] = "every gated bundle: computed outside the part graphs, in float"
+    transforms["energies"] = {
+        "bands": section["energies"]["bands"],
+        "width": section["energies"]["width"],
+        "formula": "p = re^2 + im^2 per bin; energies[b] = log10(mean(p[b*width : (b+1)*width]) + 1e-8), b < bands, as [1, bands]",
+        "used_by": "the policy part: computed outside it, in float",
+    }
+    transforms["combine"] = "z = z_trunk + sum of z_branch<k> over the branches that ran this frame"
+    owner = {s: name for name, p in section["parts"].items() for s in p["states"]}
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "producer": _versions(),
+        "model": {
+            "name": checkpoint_info["name"],
+            "config": config_to_dict(model.config),
+            "checkpoint": checkpoint_info,
+            "params": cst.params,
+            "macs_per_frame": cst.macs_per_frame,
+            "mmacs_per_second": round(cst.mmacs_per_second, 3),
+        },
+        "signal": _signal(model),
+        "transforms": transforms,
+        "states": [{"name": s.name, "output": s.output, "shape": list(s.shape), "init": s.init, "part": owner[s.name]} for s in state_specs(model)],
+        "gating": section,
+        "call_protocol": GATE_PROTOCOL,
+        "files": files,
+        "verification": verification,
+    }
+
+
+def model_card(m: dict) -> str:
+    """The gated bundle's README.md, written from its manifest."""
+    mod, sig, g, ver = m["model"], m["signal"], m["gating"], m["verification"]
+    ck = mod["checkpoint"]
+    full = mod["macs_per_frame"]
+    lines = [
+        f"# {ck.get('file', 'model')}: gated streaming speech denoiser bundle",
+        "",
+        f"A causal gated CRN ({mod['params'] / 1e3:.1f} k parameters, {full / 1e3:.1f} k MACs per frame with every branch on) "
+        f"that returns a complex mask for each {1000 * sig['hop'] / sig['sample_rate']:.0f} ms frame of a {sig['sample_rate']} Hz mono "
+        f"signal. A policy opens each of its {g['branches']} branches per frame; a closed branch is not run. "
+        f"Everything below is in `manifest.json` (schema {m['schema']} v{m['schema_version']}), which is the authority.",
+        "",
+        "## Parts",
+        "",
+        "| part | MACs/frame | share of all-on | states |",
+        "|---|---:|---:|---|",
+        *[f"| `{n}` | {p['macs_per_frame']} | {p['macs_per_frame'] / full:.0%} | {', '.join(p['states'])} |" for n, p in g["parts"].items()],
+        "",
+        "## Protocol",
+        "",
+        g["protocol"],
+        "",
+        f"- features: {m['transforms']['features']['formula']}",
+        f"- energies: {m['transforms']['energies']['formula']}",
+        f"- mask bound: {m['transforms']['mask_bound']['formula']}",
+        "",
+        "## Verification (run by this export)",
+        "",
+        f"Parity: {ver.get('parity_audio', '')} streamed frame by frame; largest absolute mask error against PyTorch's hard-gated step:",
+        "",
+        "| parts | gates on | gates off | policy | branch usage (policy) | tolerance | passed |",
+        "|---|---:|---:|---:|---|---:|---|",
+        *[
+            f"| {n} | {r['gates']['on']['mask_max_abs_error']:.2e} | {r['gates']['off']['mask_max_abs_error']:.2e} | "
+            f"{r['gates']['policy']['mask_max_abs_error']:.2e} | {r['gates']['policy']['branch_usage']} | {r['tolerance'] or '-'} | {r['passed']} |"
+            for n, r in ver["parity"].items()
+        ],
+        "",
+    ]
+    q = ver.get("quality") or {}
+    if q.get("results"):
+        lines += [f"Int8 against fp32 on {q['files']} files of {q['devset']} (budget: PESQ drop <= {q['budget']['pesq_drop']}, SI-SDR drop <= {q['budget']['si_sdr_drop']} dB):", ""]
+        lines += [f"- {n}: PESQ {r['pesq']:.3f} ({r['pesq_drop']:+.3f}), SI-SDR {r['si_sdr']:.2f} dB ({r['si_sdr_drop']:+.2f}), passed {r['passed']}" for n, r in q["results"].items()]
+    elif q:
+        lines.append(f"Int8 quality: not measured ({q.get('reason', '')}).")
+    lines += ["", "## Training", "", f"Checkpoint `{ck.get('file')}` (sha256 `{ck.get('sha256', '')[:16]}...`, step {ck.get('step')}). " + ck.get("note", ""), ""]
+    return "\n".join(lines)
