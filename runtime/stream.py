@@ -18,7 +18,7 @@ import numpy as np
 
 from runtime import report
 from runtime.audio import AudioError, check_audio_output, check_writable, finite, read, resample, to_mono, write
-from runtime.backends import BACKENDS, open_runner
+from runtime.backends import BACKENDS, GATE_MODES, open_runner
 from runtime.bundle import Bundle, BundleError
 from runtime.engine import Engine
 
@@ -40,6 +40,7 @@ def parse_args(argv):
     p.add_argument("--backend", default="onnxruntime", help=f"one of {', '.join(BACKENDS)}")
     p.add_argument("--precision", default="fp32", help="fp32, int8 (int8 inside, float I/O) or int8io (integer I/O)")
     p.add_argument("--threads", type=int, default=1, help="backend threads")
+    p.add_argument("--gates", choices=GATE_MODES, default="policy", help="gated bundles: branches as the policy decides, or forced all on / all off")
     p.add_argument("--blocksize", type=int, default=160, help="samples per audio block (any size; 160 = one hop)")
     p.add_argument("--atten-limit-db", type=float, help="suppress by at most this many dB (keeps some of the noisy signal)")
     p.add_argument("--device", help="--mic: input[,output] device index or name substring (see --list-devices)")
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
             print(devices if len(devices) else "no audio devices found")
             return 0
         bundle = Bundle(args.model)
-        runner = open_runner(bundle, args.backend, args.precision, args.threads)
+        runner = open_runner(bundle, args.backend, args.precision, args.threads, args.gates)
         engine = Engine(bundle, runner, args.atten_limit_db)
         if args.report:
             check_writable(args.report)

@@ -48,3 +48,48 @@ def small_bundle(small_checkpoint, small_devset, tmp_path_factory):
     args = ["--checkpoint", str(small_checkpoint), "--out", str(out), "--devset", str(small_devset), "--pesq-budget", "5", "--sisdr-budget", "50"]
     assert cli.main([*args, "--calibration-frames", "60", "--golden-frames", "20"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def gated_checkpoint(tmp_path_factory):
+    """An untrained small gated model whose policy opens its branch on about half the frames of
+    noise that jumps in level (the bias is set at the median logit), so gating really switches."""
+    import numpy as np
+
+    from distill import checkpoint
+    from distill.dsp import stft
+    from distill.models import build
+
+    torch.manual_seed(0)
+    m = build("gated_crn", channels=(4, 6, 8, 8, 8), branch_channels=(2, 2, 4, 4, 4), branches=1, trunk_groups=2).eval()
+    with torch.no_grad():
+        _, _, logits = m(stft(torch.from_numpy(level_jumps(np.random.default_rng(1), 32000))[None], m.config.stft))
+        m.policy.out.bias.sub_(logits[0].median(0).values)
+    path = tmp_path_factory.mktemp("gck") / "gated.pt"
+    checkpoint.save(path, m, step=0)
+    return path
+
+
+def level_jumps(rng, n: int):
+    """Noise whose level jumps by 30 dB every quarter second. Shape: [n]"""
+    import numpy as np
+
+    level = np.repeat(np.tile([0.01, 0.3], n // 8000 + 1), 4000)[:n]
+    return (rng.standard_normal(n) * level).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def gated_bundle(gated_checkpoint, small_devset, tmp_path_factory):
+    """A full export of the gated model, with its parity audio level-jumping noise."""
+    import numpy as np
+    import soundfile as sf
+
+    import export.__main__ as cli
+
+    root = tmp_path_factory.mktemp("gb")
+    parity = root / "jumps.wav"
+    sf.write(parity, level_jumps(np.random.default_rng(2), 24000), 16000)
+    args = ["--checkpoint", str(gated_checkpoint), "--out", str(root / "bundle"), "--devset", str(small_devset), "--parity-audio", str(parity),
+            "--pesq-budget", "5", "--sisdr-budget", "50", "--calibration-frames", "60"]  # fmt: skip
+    assert cli.main(args) == 0
+    return root / "bundle"

@@ -1,0 +1,133 @@
+"""A gated model exported as separate part graphs: the protocol in its manifest, parity with
+PyTorch's hard-gated step under every gate mode, and a runtime that never calls a closed branch."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import runtime.stream as stream
+from distill import checkpoint
+from distill.models import cost, gated_cost
+from export.calibration import frames
+from export.gated import reference
+from export.verify import stream as stream_masks
+from runtime import report
+from runtime.backends import GatedRunner, open_runner
+from runtime.bundle import Bundle, BundleError
+from runtime.engine import Engine
+from tests.conftest import level_jumps
+
+
+@pytest.fixture(scope="module")
+def model(gated_checkpoint):
+    return checkpoint.load_model(gated_checkpoint).eval()
+
+
+def test_manifest_describes_every_part_and_state(gated_bundle, model):
+    m = json.loads((gated_bundle / "manifest.json").read_text())
+    g = m["gating"]
+    assert g["order"] == ["trunk", "policy", "branch0"]
+    sets = {(f["format"], f["precision"]) for f in m["files"].values() if f["kind"] == "part"}
+    assert sets == {("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "int8")}
+    owners = [s["part"] for s in m["states"]]
+    assert [s["name"] for s in m["states"]] == list(model.state_names()) and set(owners) == set(g["order"])
+    for name, part in g["parts"].items():  # every input is computed outside, a state, or produced earlier this frame
+        earlier = {"features", "energies"} | {s["name"] for s in m["states"]}
+        earlier |= {o for p in g["order"][: g["order"].index(name)] for o in g["parts"][p]["outputs"]}
+        assert set(part["inputs"]) <= earlier, name
+    macs = gated_cost(model)
+    assert g["parts"]["branch0"]["macs_per_frame"] == macs["branches"][0]
+    assert sum(p["macs_per_frame"] for p in g["parts"].values()) == m["model"]["macs_per_frame"] == cost(model).macs_per_frame
+    assert g["parts"]["branch0"]["held_when_skipped"] == ["b0_gru_h"]
+    assert m["verification"]["passed"]
+    assert (gated_bundle / "branch0_int8_tflite.cc").is_file()
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "litert"])
+@pytest.mark.parametrize("gates", ["on", "off", "policy"])
+def test_parts_match_the_pytorch_step(gated_bundle, model, backend, gates):
+    spec = frames(model, level_jumps(np.random.default_rng(5), 16000)).numpy()
+    expected, used = reference(model, spec, gates)
+    runner = open_runner(Bundle(gated_bundle), backend, "fp32", gates=gates)
+    assert np.abs(stream_masks(runner, spec) - expected).max() <= 1e-4
+    assert runner.usage()["branch_usage"] == [pytest.approx(used.mean(), abs=1e-4)]
+    if gates == "policy":
+        assert 0.1 < used.mean() < 0.9, "the test policy should switch its branch"
+
+
+def test_a_closed_branch_is_never_called(gated_bundle, model):
+    runner = open_runner(Bundle(gated_bundle), "onnxruntime", "int8")
+    calls = {name: 0 for name in runner.parts}
+    for name, (session, _) in runner.parts.items():
+        def counted(values, run=session.run, name=name):
+            calls[name] += 1
+            return run(values)
+
+        session.run = counted
+    spec = frames(model, level_jumps(np.random.default_rng(6), 16000)).numpy()
+    stream_masks(runner, spec)
+    u = runner.usage()
+    assert calls["trunk"] == calls["policy"] == u["frames"] == len(spec)
+    assert calls["branch0"] == round(u["branch_usage"][0] * len(spec)) and 0 < calls["branch0"] < len(spec)
+    g = Bundle(gated_bundle).gating["parts"]
+    fixed = g["trunk"]["macs_per_frame"] + g["policy"]["macs_per_frame"]
+    assert u["macs_per_frame"] == pytest.approx(fixed + calls["branch0"] / len(spec) * g["branch0"]["macs_per_frame"])
+
+
+def test_engine_report_counts_executed_macs(gated_bundle):
+    bundle = Bundle(gated_bundle)
+    g = bundle.gating["parts"]
+    engine = Engine(bundle, open_runner(bundle, "litert", "int8", gates="off"))
+    engine.run(level_jumps(np.random.default_rng(7), 8000))
+    r = report.build(engine, "litert", "int8", 1, 0.5)
+    assert r["gating"]["branch_usage"] == [0.0] and r["gating"]["frames"] == engine.frames
+    assert r["macs_per_frame"] == g["trunk"]["macs_per_frame"] + g["policy"]["macs_per_frame"]
+    assert "gates off" in report.summary(r)
+
+
+def test_gated_runner_refuses_pytorch_and_unknown_modes(gated_bundle):
+    bundle = Bundle(gated_bundle)
+    with pytest.raises(BundleError, match="gated bundles run on"):
+        open_runner(bundle, "pytorch", "fp32")
+    with pytest.raises(BundleError, match="unknown gate mode"):
+        GatedRunner.open(bundle, "onnxruntime", "fp32", gates="half")
+    with pytest.raises(BundleError, match="no onnx parts at precision int8io"):
+        open_runner(bundle, "onnxruntime", "int8io")
+
+
+def test_damaged_gated_bundles_are_refused(gated_bundle, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(gated_bundle, copy)
+    (copy / "branch0.int8.onnx").write_bytes(b"\0" * 10)
+    with pytest.raises(BundleError, match="branch0.int8.onnx does not match its sha256"):
+        Bundle(copy)
+    shutil.rmtree(copy)
+    shutil.copytree(gated_bundle, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["gating"]["order"] = ["policy", "trunk", "branch0"]
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="gating.order"):
+        Bundle(copy)
+
+
+def test_gates_flag_needs_a_gated_bundle(small_bundle, tmp_path, capsys):
+    import soundfile as sf
+
+    wav = tmp_path / "in.wav"
+    sf.write(wav, level_jumps(np.random.default_rng(8), 8000), 16000)
+    code = stream.main(["--model", str(small_bundle), "--input", str(wav), "--output", str(tmp_path / "out.wav"), "--gates", "on"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not a gated bundle" in err[0]
+
+
+def test_stream_cli_runs_a_gated_bundle(gated_bundle, tmp_path, capsys):
+    import soundfile as sf
+
+    wav = tmp_path / "in.wav"
+    sf.write(wav, level_jumps(np.random.default_rng(9), 16000), 16000)
+    code = stream.main(["--model", str(gated_bundle), "--input", str(wav), "--output", str(tmp_path / "out.wav"), "--precision", "int8",
+                        "--report", str(tmp_path / "r.json")])  # fmt: skip
+    assert code == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert 0 < r["gating"]["mac_ratio"] < 1 and "branch usage" in capsys.readouterr().out
