@@ -31,3 +31,27 @@ def test_kd_ablation_trains_scores_and_tabulates(small_checkpoint, small_devset,
     assert set(table) == {"student-30k/none", "student-30k/dispatch"}
     assert "dispatch" in (tmp_path / "out" / "results.md").read_text()
     assert kd_ablation.main(args) == 0, "a second run reuses the finished runs and cached scores"
+
+
+def test_slimming_tabulates_quality_usage_and_time(gated_checkpoint, small_checkpoint, small_devset, gated_bundle, tmp_path):
+    from benchmarks import slimming
+
+    out = tmp_path / "slim"
+    args = ["--devset", str(small_devset), "--gated", f"g={gated_checkpoint}", "--static", f"s={small_checkpoint}", "--bundle", str(gated_bundle),
+            "--files", "1", "--timing", "onnxruntime/int8", "--seconds", "1", "--out", str(out)]  # fmt: skip
+    assert slimming.main(args) == 0
+    r = json.loads((out / "slimming.json").read_text())
+    assert set(r["systems"]) == {"s", "g", "g (all on)"}
+    g = json.loads((gated_bundle / "manifest.json").read_text())["gating"]["parts"]
+    off = (g["trunk"]["macs_per_frame"] + g["policy"]["macs_per_frame"]) / r["systems"]["g"]["macs_all_on"]
+    assert r["systems"]["g (all on)"]["mac_ratio"] == 1.0 and off <= r["systems"]["g"]["mac_ratio"] <= 1.0
+    assert set(r["timing"]["rows"]) == {f"onnxruntime/int8/{g}" for g in ("on", "off", "policy")}
+    assert r["timing"]["rows"]["onnxruntime/int8/off"]["mac_ratio"] == off and r["timing"]["rows"]["onnxruntime/int8/on"]["mac_ratio"] == 1.0
+    assert (out / "slimming.md").read_text().count("|") > 20 and (out / "slimming.png").stat().st_size > 0
+
+
+def test_slimming_refuses_a_plain_bundle(small_bundle, small_devset, tmp_path, capsys):
+    from benchmarks import slimming
+
+    assert slimming.main(["--devset", str(small_devset), "--bundle", str(small_bundle), "--out", str(tmp_path)]) == 2
+    assert "not a gated bundle" in capsys.readouterr().err

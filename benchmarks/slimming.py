@@ -1,0 +1,266 @@
+"""Dynamic slimming: quality against the MACs actually executed, gate usage against how bad the
+input is, and the per-frame time the runtime saves by skipping closed branches.
+
+``python -m benchmarks.slimming --devset data/devset --gated NAME=CKPT [...] [--static NAME=CKPT ...] [--bundle GATED_BUNDLE]``
+
+- Quality (PESQ, ESTOI, SI-SDR, DNSMOS OVRL) of every system on the dev test set, offline, against
+  its mean MACs per frame: static models cost what ``distill.models.cost`` counts; a gated model
+  executes trunk + policy + the branches its policy opens (its "all on" row is its full width).
+- Gate usage (executed MACs over all-on MACs) of every gated model per input SNR and against the
+  DNSMOS OVRL of the noisy input.
+- With ``--bundle``: the runtime's per-frame time with the branches all on, all off and driven by
+  the policy, interleaved frame by frame (``benchmarks.latency.measure``), as medians and ratios.
+
+Writes ``slimming.md``, ``slimming.json`` and ``slimming.png`` to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.latency import SAMPLE, measure
+from distill import checkpoint
+from distill.dsp import apply_mask, istft, stft
+from distill.evaluate import enhancer, read_set, read_snrs, score, summarise
+from distill.models import cost, gated_cost
+from distill.models.gated_crn import GatedCRN
+from runtime import report
+from runtime.audio import load
+from runtime.backends import GATE_MODES, open_runner
+from runtime.bundle import Bundle, BundleError
+from runtime.engine import Engine
+
+METRICS = ("pesq", "estoi", "si_sdr", "dnsmos_ovrl")
+
+
+def named(values: list[str], flag: str) -> dict[str, Path]:
+    out = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"error: {flag} takes NAME=CHECKPOINT, got {v!r}")
+        out[name] = Path(path)
+    return out
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.slimming", description=__doc__.split("\n\n")[0])
+    p.add_argument("--devset", required=True, type=Path, help="rendered dev test set (python -m distill.devset render)")
+    p.add_argument("--gated", nargs="+", default=[], metavar="NAME=CKPT", help="gated checkpoints")
+    p.add_argument("--static", nargs="*", default=[], metavar="NAME=CKPT", help="static checkpoints to compare with")
+    p.add_argument("--files", type=int, help="score this many dev files, spread over the set (default: all)")
+    p.add_argument("--bundle", type=Path, help="gated bundle whose runtime per-frame time is measured")
+    p.add_argument("--timing", default="litert/int8,onnxruntime/fp32", help="backend/precision pairs timed with --bundle")
+    p.add_argument("--seconds", type=float, default=20.0, help="audio streamed per timing configuration")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "slimming")
+    args = p.parse_args(argv)
+    args.gated, args.static = named(args.gated, "--gated"), named(args.static, "--static")
+    if not args.gated and not args.static and not args.bundle:
+        p.error("give --gated, --static or --bundle")
+    return args
+
+
+def gated_enhancer(model: GatedCRN, gates: str, usage: list, macs: dict):
+    """Offline enhancement with the gates from the policy or forced; appends each file's executed
+    MACs per frame to ``usage``, counted as the runtime counts them."""
+    K = len(model.branches)
+    branch = torch.tensor(macs["branches"], dtype=torch.float64)
+
+    def run(noisy: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(noisy)[None]
+        spec = stft(x, model.config.stft)  # [1, T, F, 2]
+        forced = None if gates == "policy" else torch.full((1, spec.shape[1], K), float(gates == "on"))
+        with torch.no_grad():
+            mask, used, _ = model(spec, gates=forced)  # used: [1, T, K]
+        usage.append(float(macs["trunk"] + macs["policy"] + (used[0].double().mean(0) * branch).sum()))
+        return istft(apply_mask(spec, mask), model.config.stft, x.shape[-1])[0].numpy()
+
+    return run
+
+
+def quality(args, items, snr_of) -> tuple[dict, dict]:
+    """Scores and mean executed MACs per frame of every system; per-file MACs of gated ones."""
+    systems, per_file_macs = {}, {}
+    for name, path in args.static.items():
+        model = checkpoint.load_model(path).eval()
+        if isinstance(model, GatedCRN):
+            raise SystemExit(f"error: {path} is a gated model; pass it with --gated")
+        s = summarise(score(items, enhancer(model), True, name), snr_of)
+        systems[name] = {"kind": "static", "checkpoint": str(path), "macs_per_frame": cost(model).macs_per_frame, **s}
+    for name, path in args.gated.items():
+        model = checkpoint.load_model(path).eval()
+        if not isinstance(model, GatedCRN):
+            raise SystemExit(f"error: {path} is not a gated model; pass it with --static")
+        macs = gated_cost(model)
+        full = macs["trunk"] + macs["policy"] + sum(macs["branches"])
+        for gates, label in (("on", f"{name} (all on)"), ("policy", name)):
+            usage: list[float] = []
+            s = summarise(score(items, gated_enhancer(model, gates, usage, macs), True, label), snr_of)
+            per_file_macs[label] = dict(zip((key for key, _, _ in items), usage))
+            mean = float(np.mean(usage))
+            systems[label] = {"kind": "gated", "gates": gates, "checkpoint": str(path), "macs_per_frame": mean, "macs_all_on": full, "mac_ratio": mean / full, **s}
+    return systems, per_file_macs
+
+
+def usage_table(systems: dict, per_file_macs: dict, noisy: dict, snr_of: dict) -> dict:
+    """Per gated (policy) system: mean MAC ratio per input SNR and per tercile of input OVRL,
+    with the rank correlation of the ratio against the input's OVRL."""
+    out = {}
+    for label, files in per_file_macs.items():
+        if systems[label]["gates"] != "policy":
+            continue
+        full = systems[label]["macs_all_on"]
+        ratio = {k: v / full for k, v in files.items()}
+        by_snr = {}
+        for k, r in ratio.items():
+            if k in snr_of:
+                by_snr.setdefault(snr_of[k], []).append(r)
+        ovrl = {k: noisy["per_file"][k]["dnsmos_ovrl"] for k in ratio}
+        keys = sorted(ratio, key=lambda k: ovrl[k])
+        terciles = [keys[i * len(keys) // 3 : (i + 1) * len(keys) // 3] for i in range(3)]
+        rho = float(np.corrcoef(_ranks([ovrl[k] for k in keys]), _ranks([ratio[k] for k in keys]))[0, 1]) if len(keys) > 2 else float("nan")
+        out[label] = {
+            "by_snr": {str(s): float(np.mean(v)) for s, v in sorted(by_snr.items())},
+            "by_input_ovrl_tercile": [
+                {"ovrl": [float(ovrl[t[0]]), float(ovrl[t[-1]])], "mac_ratio": float(np.mean([ratio[k] for k in t]))} for t in terciles if t
+            ],
+            "spearman_vs_input_ovrl": rho,
+            "per_file": {k: {"mac_ratio": ratio[k], "input_ovrl": ovrl[k], "snr": snr_of.get(k)} for k in keys},
+        }
+    return out
+
+
+def _ranks(values) -> np.ndarray:
+    return np.argsort(np.argsort(values))
+
+
+def timing(args) -> dict:
+    """Per-frame engine time of the bundle with gates on, off and from the policy, interleaved."""
+    bundle = Bundle(args.bundle)
+    if bundle.gating is None:
+        raise BundleError(f"{args.bundle}: not a gated bundle; --bundle needs one (export a gated checkpoint)")
+    engines = {}
+    for pair in args.timing.split(","):
+        backend, _, precision = pair.strip().partition("/")
+        for gates in GATE_MODES:
+            engines[f"{backend}/{precision}/{gates}"] = Engine(bundle, open_runner(bundle, backend, precision, 1, gates))
+    x = load(SAMPLE, bundle.signal["sample_rate"])
+    n = int(args.seconds * bundle.signal["sample_rate"])
+    signal = np.tile(x, -(-n // len(x)))[:n]
+    measure(engines, signal[: bundle.signal["sample_rate"]])  # warm-up
+    times = measure(engines, signal)
+    rows = {}
+    for name, t in times.items():
+        backend, precision, gates = name.split("/")
+        u = engines[name].runner.usage()
+        on = np.median(times[f"{backend}/{precision}/on"]["bare"])
+        rows[name] = {"gates": gates, "model_p50_us": float(np.median(t["bare"])), "engine_p50_us": float(np.median(t["engine"])),
+                      "ratio_to_all_on": float(np.median(t["bare"]) / on), "mac_ratio": u["mac_ratio"], "branch_usage": u["branch_usage"]}  # fmt: skip
+    return {"bundle": str(args.bundle), "seconds": args.seconds, "audio": SAMPLE.name, "machine": report.machine(), "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    lines = []
+    systems = result.get("systems", {})
+    if systems:
+        lines += [
+            f"Dev test set ({result['files']} files), offline. MACs: per frame, executed (gated: trunk + policy + open branches).",
+            "",
+            "| system | MACs/frame (k) | PESQ | ESTOI | SI-SDR (dB) | OVRL |",
+            "|---|---:|---:|---:|---:|---:|",
+            f"| (noisy input) | | {result['noisy']['pesq']:.3f} | {result['noisy']['estoi']:.3f} | {result['noisy']['si_sdr']:.2f} | {result['noisy']['dnsmos_ovrl']:.3f} |",
+        ]
+        for name, s in systems.items():
+            m = s["mean"]
+            share = f" ({s['mac_ratio']:.0%})" if s["kind"] == "gated" else ""
+            lines.append(f"| {name} | {s['macs_per_frame'] / 1e3:.1f}{share} | {m['pesq']:.3f} | {m['estoi']:.3f} | {m['si_sdr']:.2f} | {m['dnsmos_ovrl']:.3f} |")
+    for name, u in result.get("usage", {}).items():
+        lines += ["", f"Executed MACs / all-on MACs of `{name}` by input SNR (dB): "
+                  + ", ".join(f"{s}: {r:.2f}" for s, r in u["by_snr"].items())
+                  + "; by input OVRL tercile (worst first): "
+                  + ", ".join(f"{t['ovrl'][0]:.2f}-{t['ovrl'][1]:.2f}: {t['mac_ratio']:.2f}" for t in u["by_input_ovrl_tercile"])
+                  + f"; Spearman rho against input OVRL {u['spearman_vs_input_ovrl']:+.2f}."]  # fmt: skip
+    t = result.get("timing")
+    if t:
+        lines += [
+            "",
+            f"Runtime per-frame time of `{t['bundle']}` on {t['machine']['cpu']} ({t['machine']['cores']} cores, 1 thread), "
+            f"{t['seconds']:.0f} s of {t['audio']} per configuration, interleaved frame by frame:",
+            "",
+            "| backend/precision | gates | model call p50 (us) | engine p50 (us) | time / all on | executed MACs / all on | branch usage |",
+            "|---|---|---:|---:|---:|---:|---|",
+        ]
+        for name, r in t["rows"].items():
+            lines.append(f"| {name.rsplit('/', 1)[0]} | {r['gates']} | {r['model_p50_us']:.0f} | {r['engine_p50_us']:.0f} | {r['ratio_to_all_on']:.2f} | "
+                         f"{r['mac_ratio']:.2f} | {r['branch_usage']} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [k for k in ("systems", "usage", "timing") if result.get(k)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, kind in zip(axes[0], panels):
+        if kind == "systems":
+            for name, s in result["systems"].items():
+                ax.scatter(s["macs_per_frame"] / 1e3, s["mean"]["pesq"], marker="o" if s["kind"] == "gated" else "s")
+                ax.annotate(name, (s["macs_per_frame"] / 1e3, s["mean"]["pesq"]), fontsize=7)
+            ax.set_xlabel("executed MACs per frame (k)")
+            ax.set_ylabel("PESQ")
+            ax.set_title("quality against compute")
+        elif kind == "usage":
+            for name, u in result["usage"].items():
+                pts = list(u["per_file"].values())
+                ax.scatter([p["input_ovrl"] for p in pts], [p["mac_ratio"] for p in pts], s=10, label=name)
+            ax.set_xlabel("DNSMOS OVRL of the noisy input")
+            ax.set_ylabel("executed MACs / all on")
+            ax.set_title("gate usage against input quality")
+            ax.legend(fontsize=7)
+        else:
+            rows = result["timing"]["rows"]
+            names = list(rows)
+            ax.barh(range(len(names)), [rows[n]["model_p50_us"] for n in names])
+            ax.set_yticks(range(len(names)), names, fontsize=7)
+            ax.set_xlabel("model call p50 per frame (us)")
+            ax.set_title("runtime time: gates on / off / policy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    result: dict = {}
+    try:
+        if args.gated or args.static:
+            items = read_set(args.devset / "noisy", args.devset / "clean", args.files)
+            snr_of = read_snrs(args.devset)
+            noisy = summarise(score(items, None, True, "noisy"), snr_of)
+            systems, per_file_macs = quality(args, items, snr_of)
+            result.update(files=len(items), noisy=noisy["mean"], systems=systems, usage=usage_table(systems, per_file_macs, noisy, snr_of))
+        if args.bundle:
+            result["timing"] = timing(args)
+    except (checkpoint.CheckpointError, BundleError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "slimming.json").write_text(json.dumps(result, indent=1))
+    md = markdown(result)
+    (args.out / "slimming.md").write_text(md)
+    plot(result, args.out / "slimming.png")
+    print(md)
+    print(f"wrote {args.out}/slimming.md, slimming.json, slimming.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
