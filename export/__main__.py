@@ -1,7 +1,8 @@
 """``python -m export --checkpoint CKPT --out DIR``: checkpoint -> verified model bundle.
 
 Writes ONNX and TFLite models (fp32 and int8, plus an integer-I/O TFLite for microcontrollers),
-its C array, golden vectors, ``manifest.json`` and a model card. The bundle is built in a temporary
+its C array, golden vectors, ``manifest.json`` and a model card. A gated checkpoint becomes a gated
+bundle instead: the trunk, the policy and each branch as separate graphs (``export/gated.py``). The bundle is built in a temporary
 folder next to DIR and moved into place only when every check passed; a failed check prints a
 report and exits 1, leaving DIR as it was.
 """

@@ -71,7 +71,7 @@ def _io(model: nn.Module, graph: str, details: dict | None = None) -> dict:
     }
 
 
-def _signal(model) -> dict:
+def signal_contract(model) -> dict:
     c = model.config.stft
     return {
         "sample_rate": c.sample_rate,
@@ -93,7 +93,7 @@ def _states(model) -> list[dict]:
     return [{"name": a, "output": b, "shape": list(s.shape), "init": 0.0} for a, b, s in zip(ins[1:], outs[1:], model.initial_state(1))]
 
 
-def _transforms(model) -> dict:
+def transform_formulas(model) -> dict:
     return {
         "features": {
             "power": model.config.compress,
@@ -121,7 +121,7 @@ def _manifest(model, checkpoint_info: dict, files: dict, verification: dict) -> 
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "producer": _versions(),
+        "producer": producer_versions(),
         "model": {
             "name": checkpoint_info["name"],
             "config": config_to_dict(model.config),
@@ -130,8 +130,8 @@ def _manifest(model, checkpoint_info: dict, files: dict, verification: dict) -> 
             "macs_per_frame": cst.macs_per_frame,
             "mmacs_per_second": round(cst.mmacs_per_second, 3),
         },
-        "signal": _signal(model),
-        "transforms": _transforms(model),
+        "signal": signal_contract(model),
+        "transforms": transform_formulas(model),
         "states": _states(model),
         "call_protocol": CALL_PROTOCOL,
         "files": files,
@@ -139,7 +139,7 @@ def _manifest(model, checkpoint_info: dict, files: dict, verification: dict) -> 
     }
 
 
-def _versions() -> dict:
+def producer_versions() -> dict:
     out = {"tiny_denoise": __version__, "python": platform.python_version()}
     for pkg in ("torch", "onnx", "onnxruntime", "litert_torch", "ai_edge_quantizer", "ai_edge_litert"):
         try:
@@ -183,7 +183,7 @@ def build(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options) -> d
 
         log("onnx: exporting fp32 step")
         g = prepare(model)
-        meta = {"signal": _signal(model), "states": _states(model), "call_protocol": CALL_PROTOCOL}
+        meta = {"signal": signal_contract(model), "states": _states(model), "call_protocol": CALL_PROTOCOL}
         to_onnx.export_fp32(Step(g), (reference_frame(model), *example), ins, outs, out / "model.onnx", meta)
         add("model.onnx", "model", format="onnx", precision="fp32", io=_io(model, "step"), ops=to_onnx.op_list(out / "model.onnx"))
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from distill.models import config_to_dict, cost, gated_cost
 from export import calibration, firmware, verify
-from export.build import ExportError, Options, _signal, _transforms, _versions
+from export.build import ExportError, Options, producer_versions, signal_contract, transform_formulas
 from export.graph import Named, prepare
 from runtime.backends import GATE_MODES, SESSIONS, GatedRunner
 from runtime.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, StateSpec, sha256
@@ -43,6 +43,8 @@ GATE_PROTOCOL = (
 
 
 class TrunkPart(nn.Module):
+    """Shape: features [1, 3, 1, F], *trunk states -> z_trunk [1, 2, 1, F], *trunk states"""
+
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
@@ -53,6 +55,8 @@ class TrunkPart(nn.Module):
 
 
 class PolicyPart(nn.Module):
+    """Shape: energies [1, bands], gru_h_out [1, H], policy_h [1, P] -> logits [1, K], policy_h"""
+
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
@@ -62,6 +66,9 @@ class PolicyPart(nn.Module):
 
 
 class BranchPart(nn.Module):
+    """Shape: 2L trunk conv states before the frame, the same 2L after it, the branch's 2L own
+    states -> z_branch [1, 2, 1, F], own states"""
+
     def __init__(self, model: nn.Module, k: int):
         super().__init__()
         self.model, self.k, self.n = model, k, 2 * len(model.encoder)
@@ -327,7 +334,7 @@ def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options
 
 def manifest(model: nn.Module, section: dict, checkpoint_info: dict, files: dict, verification: dict) -> dict:
     cst = cost(model)
-    transforms = _transforms(model)
+    transforms = transform_formulas(model)
     for key in ("features", "mask_bound"):
         transforms[key]["used_by"] = "every gated bundle: computed outside the part graphs, in float"
     transforms["energies"] = {
@@ -342,7 +349,7 @@ def manifest(model: nn.Module, section: dict, checkpoint_info: dict, files: dict
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "producer": _versions(),
+        "producer": producer_versions(),
         "model": {
             "name": checkpoint_info["name"],
             "config": config_to_dict(model.config),
@@ -351,7 +358,7 @@ def manifest(model: nn.Module, section: dict, checkpoint_info: dict, files: dict
             "macs_per_frame": cst.macs_per_frame,
             "mmacs_per_second": round(cst.mmacs_per_second, 3),
         },
-        "signal": _signal(model),
+        "signal": signal_contract(model),
         "transforms": transforms,
         "states": [{"name": s.name, "output": s.output, "shape": list(s.shape), "init": s.init, "part": owner[s.name]} for s in state_specs(model)],
         "gating": section,

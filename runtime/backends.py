@@ -5,7 +5,8 @@ takes, kept by the caller and passed back unchanged: float32 arrays for float I/
 for integer I/O, whose state input and output scales are equal so nothing is requantised between
 frames. A file whose graph is the ``core`` (the quantised TFLite models) leaves the float feature
 transform and mask bound to the backend, which computes them exactly as the manifest's
-``transforms`` describe.
+``transforms`` describe. A gated bundle runs through ``GatedRunner``, which follows the manifest's
+gating protocol and calls a branch's graph only on frames its gate is open.
 """
 from __future__ import annotations
 
