@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 from benchmarks.latency import SAMPLE, measure
 from distill import checkpoint
@@ -50,7 +51,7 @@ def named(values: list[str], flag: str) -> dict[str, Path]:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.slimming", description=__doc__.split("\n\n")[0])
-    p.add_argument("--devset", required=True, type=Path, help="rendered dev test set (python -m distill.devset render)")
+    p.add_argument("--devset", type=Path, help="rendered dev test set (python -m distill.devset render); needed by --gated and --static")
     p.add_argument("--gated", nargs="+", default=[], metavar="NAME=CKPT", help="gated checkpoints")
     p.add_argument("--static", nargs="*", default=[], metavar="NAME=CKPT", help="static checkpoints to compare with")
     p.add_argument("--files", type=int, help="score this many dev files, spread over the set (default: all)")
@@ -62,6 +63,8 @@ def parse_args(argv):
     args.gated, args.static = named(args.gated, "--gated"), named(args.static, "--static")
     if not args.gated and not args.static and not args.bundle:
         p.error("give --gated, --static or --bundle")
+    if (args.gated or args.static) and not args.devset:
+        p.error("--gated and --static are scored on --devset; give it")
     return args
 
 
@@ -123,7 +126,7 @@ def usage_table(systems: dict, per_file_macs: dict, noisy: dict, snr_of: dict) -
         ovrl = {k: noisy["per_file"][k]["dnsmos_ovrl"] for k in ratio}
         keys = sorted(ratio, key=lambda k: ovrl[k])
         terciles = [keys[i * len(keys) // 3 : (i + 1) * len(keys) // 3] for i in range(3)]
-        rho = float(np.corrcoef(_ranks([ovrl[k] for k in keys]), _ranks([ratio[k] for k in keys]))[0, 1]) if len(keys) > 2 else float("nan")
+        rho = float(spearmanr([ovrl[k] for k in keys], [ratio[k] for k in keys]).statistic) if len(keys) > 2 else float("nan")  # ties get average ranks
         out[label] = {
             "by_snr": {str(s): float(np.mean(v)) for s, v in sorted(by_snr.items())},
             "by_input_ovrl_tercile": [
@@ -133,10 +136,6 @@ def usage_table(systems: dict, per_file_macs: dict, noisy: dict, snr_of: dict) -
             "per_file": {k: {"mac_ratio": ratio[k], "input_ovrl": ovrl[k], "snr": snr_of.get(k)} for k in keys},
         }
     return out
-
-
-def _ranks(values) -> np.ndarray:
-    return np.argsort(np.argsort(values))
 
 
 def timing(args) -> dict:
@@ -153,7 +152,7 @@ def timing(args) -> dict:
     n = int(args.seconds * bundle.signal["sample_rate"])
     signal = np.tile(x, -(-n // len(x)))[:n]
     measure(engines, signal[: bundle.signal["sample_rate"]])  # warm-up
-    times = measure(engines, signal)
+    times = measure(engines, signal)  # resets usage, then replays each frame for the bare call: counts double, ratios stay exact
     rows = {}
     for name, t in times.items():
         backend, precision, gates = name.split("/")

@@ -201,9 +201,10 @@ class GatedRunner:
         self.names = [s.name for s in states]
         index = {n: i for i, n in enumerate(self.names)}
         self.parts = {}
+        output = {s.name: s.output for s in states}
         for name in gating["order"]:
             session = sessions[name]
-            updates = [(index[st], session.outputs.index(f"{st}_out")) for st in gating["parts"][name]["states"]]
+            updates = [(index[st], session.outputs.index(output[st])) for st in gating["parts"][name]["states"]]
             self.parts[name] = (session, updates)
         self.branches = [n for n in gating["order"] if n.startswith("branch")]
         self.zeroed = [[index[st] for st in gating["parts"][b]["zeroed_when_skipped"]] for b in self.branches]
@@ -220,8 +221,9 @@ class GatedRunner:
         if backend not in SESSIONS:
             raise BundleError(f"gated bundles run on {' or '.join(SESSIONS)}, not {backend}")
         sessions = {}
-        for name, f in bundle.parts(FORMAT[backend], precision).items():
-            sessions[name] = SESSIONS[backend](f.path, [i["name"] for i in f.io["inputs"]], [o["name"] for o in f.io["outputs"]], threads)
+        for name, f in bundle.parts(FORMAT[backend], precision).items():  # tensor names: the protocol's (Bundle checks the files agree)
+            part = bundle.gating["parts"][name]
+            sessions[name] = SESSIONS[backend](f.path, part["inputs"], part["outputs"], threads)
         power = bundle.manifest["transforms"]["features"]["power"]
         return cls(bundle.gating, bundle.states, power, sessions, gates)
 

@@ -103,20 +103,37 @@ class Bundle:
         return self.manifest.get("gating")
 
     def _check_gating(self) -> None:
-        g, names = self.gating, {s.name for s in self.states}
-        branches = int(g["branches"])
+        """The gating protocol is complete and consistent: every state owned by exactly one part,
+        skip rules that split a branch's states, part files whose tensors are the protocol's."""
+        g, states = self.gating, {s.name: s for s in self.states}
+        branches = g["branches"]
+        if not isinstance(branches, int) or branches < 1:
+            raise ValueError(f"gating.branches must be a positive integer, not {branches!r}")
         if g["order"] != ["trunk", "policy", *(f"branch{k}" for k in range(branches))]:
             raise ValueError(f"gating.order {g['order']!r} is not trunk, policy, branch0..branch{branches - 1}")
-        int(g["energies"]["bands"]), int(g["energies"]["width"])
+        bands, width = g["energies"]["bands"], g["energies"]["width"]
+        if not all(isinstance(v, int) and v >= 1 for v in (bands, width)) or bands * width > self.signal["bins"]:
+            raise ValueError(f"gating.energies needs positive integers with bands * width <= {self.signal['bins']} bins")
+        owner: dict[str, str] = {}
         for name in g["order"]:
             part = g["parts"][name]
-            int(part["macs_per_frame"])
-            owned = set(part["states"]) | set(part.get("zeroed_when_skipped", ()))
-            if not owned <= names:
-                raise ValueError(f"gating part {name} names states the bundle does not have: {sorted(owned - names)}")
-        for entry in self.files.values():
+            if not isinstance(part["macs_per_frame"], int) or part["macs_per_frame"] < 0:
+                raise ValueError(f"gating part {name}: macs_per_frame must be a non-negative integer")
+            for st in part["states"]:
+                if st not in states or st in owner:
+                    raise ValueError(f"gating part {name}: state {st!r} is unknown or owned by another part")
+                if st not in part["inputs"] or states[st].output not in part["outputs"]:
+                    raise ValueError(f"gating part {name}: state {st!r} is not one of its inputs with its output")
+                owner[st] = name
+            if name.startswith("branch") and sorted(part["zeroed_when_skipped"] + part["held_when_skipped"]) != sorted(part["states"]):
+                raise ValueError(f"gating part {name}: zeroed_when_skipped and held_when_skipped must split its states")
+        if set(owner) != set(states):
+            raise ValueError(f"states without a part: {sorted(set(states) - set(owner))}")
+        for file, entry in self.files.items():
             if entry.get("kind") == "part":
-                entry["part"], entry["io"]["inputs"], entry["io"]["outputs"]
+                part = g["parts"][entry["part"]]
+                if [t["name"] for t in entry["io"]["inputs"]] != part["inputs"] or [t["name"] for t in entry["io"]["outputs"]] != part["outputs"]:
+                    raise ValueError(f"{file}: its tensors are not those of gating part {entry['part']}")
 
     def parts(self, format: str, precision: str) -> dict[str, ModelFile]:
         """A gated bundle's part files at one format and precision, by part name."""
@@ -126,9 +143,11 @@ class Bundle:
             if e.get("kind") == "part" and e["format"] == format and e["precision"] == precision
         }
         missing = [p for p in self.gating["order"] if p not in found]
-        if missing:
+        if len(missing) == len(self.gating["order"]):
             have = sorted({f"{e['format']}/{e['precision']}" for e in self.files.values() if e.get("kind") == "part"})
             raise BundleError(f"{self.root}: no {format} parts at precision {precision} (this gated bundle has {', '.join(have)})")
+        if missing:
+            raise BundleError(f"{self.root}: the {format} {precision} set lacks part(s) {', '.join(missing)}; the bundle is incomplete, re-export it")
         return found
 
     def verify(self) -> None:

@@ -105,6 +105,13 @@ def gated_cost(model: nn.Module) -> dict:
     each branch; what a frame executes is trunk + policy + the enabled branches."""
     was_training = model.training
     model.eval()
+    try:
+        return _gated_parts(model)
+    finally:
+        model.train(was_training)
+
+
+def _gated_parts(model: nn.Module) -> dict:
     x = torch.zeros(1, 3, 1, model.config.stft.bins)
     old = model.trunk_state(1)[:-1]  # without policy_h
     _, new = model.trunk_step(x, old)
@@ -117,7 +124,6 @@ def gated_cost(model: nn.Module) -> dict:
             _count_macs(list(b.modules()), lambda k=k: model.branch_step(k, old, new, model.branch_state(k, 1))) for k, b in enumerate(model.branches)
         ],
     }
-    model.train(was_training)
     return parts
 
 

@@ -92,7 +92,7 @@ def test_gated_runner_refuses_pytorch_and_unknown_modes(gated_bundle):
         open_runner(bundle, "pytorch", "fp32")
     with pytest.raises(BundleError, match="unknown gate mode"):
         GatedRunner.open(bundle, "onnxruntime", "fp32", gates="half")
-    with pytest.raises(BundleError, match="no onnx parts at precision int8io"):
+    with pytest.raises(BundleError, match=r"no onnx parts at precision int8io \(this gated bundle has onnx/fp32, onnx/int8, tflite/fp32, tflite/int8\)"):
         open_runner(bundle, "onnxruntime", "int8io")
 
 
@@ -131,3 +131,36 @@ def test_stream_cli_runs_a_gated_bundle(gated_bundle, tmp_path, capsys):
     assert code == 0
     r = json.loads((tmp_path / "r.json").read_text())
     assert 0 < r["gating"]["mac_ratio"] < 1 and "branch usage" in capsys.readouterr().out
+
+
+def _drop_branch_file(m):
+    del m["files"]["branch0.onnx"]
+
+
+TAMPERED = {
+    "state-without-part": (lambda m: m["gating"]["parts"]["trunk"]["states"].remove("gru_h"), "states without a part"),
+    "trunk-state-zeroed": (lambda m: m["gating"]["parts"]["branch0"]["zeroed_when_skipped"].append("enc0_prev"), "must split its states"),
+    "zero-band-width": (lambda m: m["gating"]["energies"].update(width=0), "gating.energies"),
+    "string-band-width": (lambda m: m["gating"]["energies"].update(width="4"), "gating.energies"),
+    "no-skip-rule": (lambda m: m["gating"]["parts"]["branch0"].pop("zeroed_when_skipped"), "zeroed_when_skipped"),
+    "string-macs": (lambda m: m["gating"]["parts"]["policy"].update(macs_per_frame="10"), "macs_per_frame"),
+    "renamed-tensor": (lambda m: m["files"]["trunk.onnx"]["io"]["outputs"][0].update(name="z"), "not those of gating part trunk"),
+    "missing-part": (_drop_branch_file, "lacks part(s) branch0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERED))
+def test_tampered_gating_gives_one_clear_line(case, gated_bundle, tmp_path, capsys):
+    import soundfile as sf
+
+    copy = tmp_path / "b"
+    shutil.copytree(gated_bundle, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    edit, message = TAMPERED[case]
+    edit(m)
+    (copy / "manifest.json").write_text(json.dumps(m))
+    sf.write(tmp_path / "in.wav", level_jumps(np.random.default_rng(3), 4000), 16000)
+    code = stream.main(["--model", str(copy), "--input", str(tmp_path / "in.wav"), "--output", str(tmp_path / "out.wav")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+    assert not (tmp_path / "out.wav").exists()
