@@ -38,7 +38,7 @@ def test_slimming_tabulates_quality_usage_and_time(gated_checkpoint, small_check
 
     out = tmp_path / "slim"
     args = ["--devset", str(small_devset), "--gated", f"g={gated_checkpoint}", "--static", f"s={small_checkpoint}", "--bundle", str(gated_bundle),
-            "--files", "1", "--timing", "onnxruntime/int8", "--seconds", "1", "--out", str(out)]  # fmt: skip
+            "--files", "1", "--timing", "onnxruntime/int8", "--seconds", "1", "--rounds", "1", "--out", str(out)]  # fmt: skip
     assert slimming.main(args) == 0
     r = json.loads((out / "slimming.json").read_text())
     assert set(r["systems"]) == {"s", "g", "g (all on)"}
