@@ -127,7 +127,9 @@ def usage_table(systems: dict, per_file_macs: dict, noisy: dict, snr_of: dict) -
         ovrl = {k: noisy["per_file"][k]["dnsmos_ovrl"] for k in ratio}
         keys = sorted(ratio, key=lambda k: ovrl[k])
         terciles = [keys[i * len(keys) // 3 : (i + 1) * len(keys) // 3] for i in range(3)]
-        rho = float(spearmanr([ovrl[k] for k in keys], [ratio[k] for k in keys]).statistic) if len(keys) > 2 else float("nan")  # ties get average ranks
+        x, y = [ovrl[k] for k in keys], [ratio[k] for k in keys]
+        varies = len(keys) > 2 and len(set(x)) > 1 and len(set(y)) > 1
+        rho = float(spearmanr(x, y).statistic) if varies else float("nan")  # ties get average ranks
         out[label] = {
             "by_snr": {str(s): float(np.mean(v)) for s, v in sorted(by_snr.items())},
             "by_input_ovrl_tercile": [
@@ -196,7 +198,8 @@ def markdown(result: dict) -> str:
                   + ", ".join(f"{s}: {r:.2f}" for s, r in u["by_snr"].items())
                   + "; by input OVRL tercile (worst first): "
                   + ", ".join(f"{t['ovrl'][0]:.2f}-{t['ovrl'][1]:.2f}: {t['mac_ratio']:.2f}" for t in u["by_input_ovrl_tercile"])
-                  + f"; Spearman rho against input OVRL {u['spearman_vs_input_ovrl']:+.2f}."]  # fmt: skip
+                  + (f"; Spearman rho against input OVRL {u['spearman_vs_input_ovrl']:+.2f}." if np.isfinite(u["spearman_vs_input_ovrl"])
+                     else "; usage is the same for every file, so it has no rank correlation with input OVRL.")]  # fmt: skip
     t = result.get("timing")
     if t:
         lines += [

@@ -55,3 +55,18 @@ def test_slimming_refuses_a_plain_bundle(small_bundle, small_devset, tmp_path, c
 
     assert slimming.main(["--devset", str(small_devset), "--bundle", str(small_bundle), "--out", str(tmp_path)]) == 2
     assert "not a gated bundle" in capsys.readouterr().err
+
+
+def test_slimming_usage_table_groups_by_snr_and_ranks_with_ties():
+    from benchmarks.slimming import usage_table
+
+    ovrl = {"a": 1.0, "b": 1.5, "c": 2.0, "d": 2.5, "e": 3.0, "f": 3.5}
+    snr = {"a": -5.0, "b": -5.0, "c": 5.0, "d": 5.0, "e": 15.0, "f": 15.0}
+    macs = {"a": 100, "b": 100, "c": 60, "d": 60, "e": 40, "f": 40}  # worse input, more compute; ties in pairs
+    systems = {"g": {"gates": "policy", "macs_all_on": 100}, "flat": {"gates": "policy", "macs_all_on": 100}}
+    noisy = {"per_file": {k: {"dnsmos_ovrl": v} for k, v in ovrl.items()}}
+    u = usage_table(systems, {"g": macs, "flat": dict.fromkeys(macs, 50)}, noisy, snr)
+    assert u["g"]["by_snr"] == {"-5.0": 1.0, "5.0": 0.6, "15.0": 0.4}
+    assert [t["mac_ratio"] for t in u["g"]["by_input_ovrl_tercile"]] == [1.0, 0.6, 0.4]
+    assert -1.0 < u["g"]["spearman_vs_input_ovrl"] < -0.9  # average ranks for ties: not -1, which arbitrary tie order would give
+    assert np.isnan(u["flat"]["spearman_vs_input_ovrl"])
