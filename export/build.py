@@ -71,7 +71,7 @@ def _io(model: nn.Module, graph: str, details: dict | None = None) -> dict:
     }
 
 
-def signal_contract(model) -> dict:
+def _signal(model) -> dict:
     c = model.config.stft
     return {
         "sample_rate": c.sample_rate,
@@ -93,7 +93,7 @@ def _states(model) -> list[dict]:
     return [{"name": a, "output": b, "shape": list(s.shape), "init": 0.0} for a, b, s in zip(ins[1:], outs[1:], model.initial_state(1))]
 
 
-def transform_formulas(model) -> dict:
+def _transforms(model) -> dict:
     return {
         "features": {
             "power": model.config.compress,
@@ -115,13 +115,13 @@ CALL_PROTOCOL = (
 )
 
 
-def _manifest(model, checkpoint_info: dict, files: dict, verification: dict) -> dict:
+def manifest(model, checkpoint_info: dict, files: dict, verification: dict) -> dict:
     cst = cost(model)
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "producer": producer_versions(),
+        "producer": _versions(),
         "model": {
             "name": checkpoint_info["name"],
             "config": config_to_dict(model.config),
@@ -130,8 +130,8 @@ def _manifest(model, checkpoint_info: dict, files: dict, verification: dict) -> 
             "macs_per_frame": cst.macs_per_frame,
             "mmacs_per_second": round(cst.mmacs_per_second, 3),
         },
-        "signal": signal_contract(model),
-        "transforms": transform_formulas(model),
+        "signal": _signal(model),
+        "transforms": _transforms(model),
         "states": _states(model),
         "call_protocol": CALL_PROTOCOL,
         "files": files,
@@ -139,7 +139,7 @@ def _manifest(model, checkpoint_info: dict, files: dict, verification: dict) -> 
     }
 
 
-def producer_versions() -> dict:
+def _versions() -> dict:
     out = {"tiny_denoise": __version__, "python": platform.python_version()}
     for pkg in ("torch", "onnx", "onnxruntime", "litert_torch", "ai_edge_quantizer", "ai_edge_litert"):
         try:
@@ -183,7 +183,7 @@ def build(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options) -> d
 
         log("onnx: exporting fp32 step")
         g = prepare(model)
-        meta = {"signal": signal_contract(model), "states": _states(model), "call_protocol": CALL_PROTOCOL}
+        meta = {"signal": _signal(model), "states": _states(model), "call_protocol": CALL_PROTOCOL}
         to_onnx.export_fp32(Step(g), (reference_frame(model), *example), ins, outs, out / "model.onnx", meta)
         add("model.onnx", "model", format="onnx", precision="fp32", io=_io(model, "step"), ops=to_onnx.op_list(out / "model.onnx"))
 
@@ -201,7 +201,7 @@ def build(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options) -> d
         for name, entry in files.items():
             entry["sha256"] = sha256(out / name)
             entry["bytes"] = (out / name).stat().st_size
-        (out / MANIFEST).write_text(json.dumps(_manifest(model, checkpoint_info, files, verification), indent=1))
+        (out / MANIFEST).write_text(json.dumps(manifest(model, checkpoint_info, files, verification), indent=1))
 
     def quantise(fmt, attempt):
         """(Re)write this format's int8 files with the given attempt; returns their names."""
@@ -279,7 +279,7 @@ def build(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options) -> d
     quality_ok = not opt.devset or all(v["passed"] for v in verification["quality"]["results"].values())
     verification["passed"] = all(v["passed"] for v in verification["parity"].values()) and quality_ok
     card = out / "README.md"
-    card.write_text(model_card(_manifest(model, checkpoint_info, files, verification)))
+    card.write_text(model_card(manifest(model, checkpoint_info, files, verification)))
     add("README.md", "model_card")
     write_manifest(verification)
     return json.loads((out / MANIFEST).read_text())

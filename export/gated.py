@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +23,12 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from distill.models import config_to_dict, cost, gated_cost
-from export import calibration, firmware, verify
-from export.build import ExportError, Options, producer_versions, signal_contract, transform_formulas
+from distill.models import gated_cost
+from export import build, calibration, firmware, verify
+from export.build import ExportError, Options
 from export.graph import Named, prepare
-from runtime.backends import GATE_MODES, SESSIONS, GatedRunner
-from runtime.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, StateSpec, sha256
+from runtime.backends import GATE_MODES, GatedRunner
+from runtime.bundle import MANIFEST, Bundle, StateSpec, sha256
 
 GATE_PROTOCOL = (
     "Per frame: compute features and energies from the frame (transforms). Run the parts in 'order'. "
@@ -266,12 +265,12 @@ def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options
             entry["bytes"] = (out / name).stat().st_size
         (out / MANIFEST).write_text(json.dumps(manifest(model, section, checkpoint_info, files, verification), indent=1))
 
-    def runners(fmt, precision, gates="policy"):
-        from runtime.bundle import Bundle
-
+    def open_bundle() -> Bundle:
         write_manifest(verification)
-        backend = {"onnx": "onnxruntime", "tflite": "litert"}[fmt]
-        return GatedRunner.open(Bundle(out), backend, precision, 1, gates)
+        return Bundle(out)
+
+    def runner(bundle, fmt, precision, gates="policy"):
+        return GatedRunner.open(bundle, {"onnx": "onnxruntime", "tflite": "litert"}[fmt], precision, 1, gates)
 
     verification = {"parity": {}, "quality": None, "passed": False, "parity_audio": opt.parity_name}
     spec = calibration.frames(model, opt.parity_audio).numpy()
@@ -282,11 +281,12 @@ def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options
 
     def check_parity():
         log(f"parity: streaming {len(spec)} frames of {opt.parity_name} with gates on, off and from the policy")
+        bundle = open_bundle()
         for fmt in opt.formats:
             for precision in ("fp32", "int8"):
                 res = {}
                 for g in GATE_MODES:
-                    r = runners(fmt, precision, g)
+                    r = runner(bundle, fmt, precision, g)
                     masks = verify.stream(r, spec)
                     res[g] = {"mask_max_abs_error": float(np.abs(masks - refs[g][0]).max()), "branch_usage": r.usage()["branch_usage"]}
                 tol = opt.parity_tolerance if precision == "fp32" else None
@@ -305,7 +305,7 @@ def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options
                     log(f"{fmt}: over budget, re-quantising ({attempt[0]})")
                     quantise(fmt, attempt)
                 log(f"quality: {fmt} int8 parts ({attempt[0]})")
-                r = runners(fmt, "int8")
+                r = runner(open_bundle(), fmt, "int8")
                 verdicts = verify.judge(verify.quality(model, {f"{fmt}/int8": r}, opt.devset, reference=ref_scores), opt.pesq_budget, opt.sisdr_budget)
                 verdicts[f"{fmt}/int8"].update(branch_usage=r.usage()["branch_usage"], setting=attempt[0])
                 quality["attempts"].append({"format": fmt, "setting": attempt[0], "results": verdicts})
@@ -334,8 +334,10 @@ def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options
 
 
 def manifest(model: nn.Module, section: dict, checkpoint_info: dict, files: dict, verification: dict) -> dict:
-    cst = cost(model)
-    transforms = transform_formulas(model)
+    """A plain bundle's manifest (``export.build.manifest``) with the gating protocol, the
+    transforms the parts leave outside and each state's owning part."""
+    m = build.manifest(model, checkpoint_info, files, verification)
+    transforms = m["transforms"]
     for key in ("features", "mask_bound"):
         transforms[key]["used_by"] = "every gated bundle: computed outside the part graphs, in float"
     transforms["energies"] = {
@@ -346,27 +348,10 @@ def manifest(model: nn.Module, section: dict, checkpoint_info: dict, files: dict
     }
     transforms["combine"] = "z = z_trunk + sum of z_branch<k> over the branches that ran this frame"
     owner = {s: name for name, p in section["parts"].items() for s in p["states"]}
-    return {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "producer": producer_versions(),
-        "model": {
-            "name": checkpoint_info["name"],
-            "config": config_to_dict(model.config),
-            "checkpoint": checkpoint_info,
-            "params": cst.params,
-            "macs_per_frame": cst.macs_per_frame,
-            "mmacs_per_second": round(cst.mmacs_per_second, 3),
-        },
-        "signal": signal_contract(model),
-        "transforms": transforms,
-        "states": [{"name": s.name, "output": s.output, "shape": list(s.shape), "init": s.init, "part": owner[s.name]} for s in state_specs(model)],
-        "gating": section,
-        "call_protocol": GATE_PROTOCOL,
-        "files": files,
-        "verification": verification,
-    }
+    m["states"] = [{**s, "part": owner[s["name"]]} for s in m["states"]]
+    m["gating"] = section
+    m["call_protocol"] = GATE_PROTOCOL
+    return m
 
 
 def model_card(m: dict) -> str:
