@@ -1,11 +1,13 @@
 """Dynamic slimming: quality against the MACs actually executed, gate usage against how bad the
 input is, and the per-frame time the runtime saves by skipping closed branches.
 
-``python -m benchmarks.slimming --devset data/devset --gated NAME=CKPT [...] [--static NAME=CKPT ...] [--bundle GATED_BUNDLE]``
+``python -m benchmarks.slimming --devset data/devset --gated NAME=CKPT [...] [--static NAME=CKPT[@G0,G1,...] ...] [--bundle GATED_BUNDLE]``
 
 - Quality (PESQ, ESTOI, SI-SDR, DNSMOS OVRL) of every system on the dev test set, offline, against
   its mean MACs per frame: static models cost what ``distill.models.cost`` counts; a gated model
   executes trunk + policy + the branches its policy opens (its "all on" row is its full width).
+  A gated checkpoint trained with fixed gates (``distill.train --fixed-gates``) is a static model
+  too: ``--static NAME=CKPT@0,1`` scores it with those gates and counts trunk + its branches.
 - Gate usage (executed MACs over all-on MACs) of every gated model per input SNR and against the
   DNSMOS OVRL of the noisy input.
 - With ``--bundle``: the runtime's per-frame time with the branches all on, all off and driven by
@@ -53,7 +55,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.slimming", description=__doc__.split("\n\n")[0])
     p.add_argument("--devset", type=Path, help="rendered dev test set (python -m distill.devset render); needed by --gated and --static")
     p.add_argument("--gated", nargs="+", default=[], metavar="NAME=CKPT", help="gated checkpoints")
-    p.add_argument("--static", nargs="*", default=[], metavar="NAME=CKPT", help="static checkpoints to compare with")
+    p.add_argument("--static", nargs="*", default=[], metavar="NAME=CKPT[@GATES]",
+                   help="static checkpoints to compare with; @0,1 marks a gated one trained with --fixed-gates 0,1")
     p.add_argument("--files", type=int, help="score this many dev files, spread over the set (default: all)")
     p.add_argument("--bundle", type=Path, help="gated bundle whose runtime per-frame time is measured")
     p.add_argument("--timing", default="litert/int8,onnxruntime/fp32", help="backend/precision pairs timed with --bundle")
@@ -61,7 +64,8 @@ def parse_args(argv):
     p.add_argument("--rounds", type=int, default=3, help="round-robin rounds of the timing configurations")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "slimming")
     args = p.parse_args(argv)
-    args.gated, args.static = named(args.gated, "--gated"), named(args.static, "--static")
+    args.gated = named(args.gated, "--gated")
+    args.static = {name: fixed_gates(path) for name, path in named(args.static, "--static").items()}
     if not args.gated and not args.static and not args.bundle:
         p.error("give --gated, --static or --bundle")
     if (args.gated or args.static) and not args.devset:
@@ -69,16 +73,32 @@ def parse_args(argv):
     return args
 
 
-def gated_enhancer(model: GatedCRN, gates: str, usage: list, macs: dict):
-    """Offline enhancement with the gates from the policy or forced; appends each file's executed
-    MACs per frame to ``usage``, counted as the runtime counts them."""
+def fixed_gates(path: Path) -> tuple[Path, tuple[float, ...] | None]:
+    """``CKPT@0,1`` -> (CKPT, (0., 1.)); a plain path has no fixed gates."""
+    ckpt, sep, gates = str(path).rpartition("@")
+    if not sep:
+        return path, None
+    try:
+        pattern = tuple(float(g) for g in gates.split(","))
+    except ValueError:
+        pattern = ()
+    if not pattern or any(g not in (0.0, 1.0) for g in pattern):
+        raise SystemExit(f"error: fixed gates are 0s and 1s separated by commas (CKPT@0,1), got {gates!r}")
+    return Path(ckpt), pattern
+
+
+def gated_enhancer(model: GatedCRN, gates: str | tuple[float, ...], usage: list, macs: dict):
+    """Offline enhancement with the gates from the policy ("policy"), all "on", or a fixed
+    pattern (one 0/1 per branch); appends each file's executed MACs per frame to ``usage``,
+    counted as the runtime counts them."""
     K = len(model.branches)
     branch = torch.tensor(macs["branches"], dtype=torch.float64)
+    pattern = torch.ones(K) if gates == "on" else None if gates == "policy" else torch.tensor(gates)
 
     def run(noisy: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(noisy)[None]
         spec = stft(x, model.config.stft)  # [1, T, F, 2]
-        forced = None if gates == "policy" else torch.full((1, spec.shape[1], K), float(gates == "on"))
+        forced = None if pattern is None else pattern.expand(1, spec.shape[1], K)  # [1, T, K]
         with torch.no_grad():
             mask, used, _ = model(spec, gates=forced)  # used: [1, T, K]
         usage.append(float(macs["trunk"] + macs["policy"] + (used[0].double().mean(0) * branch).sum()))
@@ -87,19 +107,42 @@ def gated_enhancer(model: GatedCRN, gates: str, usage: list, macs: dict):
     return run
 
 
-def quality(args, items, snr_of) -> tuple[dict, dict]:
-    """Scores and mean executed MACs per frame of every system; per-file MACs of gated ones."""
-    systems, per_file_macs = {}, {}
-    for name, path in args.static.items():
+def load(args) -> tuple[dict, dict]:
+    """Every system's model, checked before anything is scored: static (with its fixed gates or
+    None) and gated."""
+    static, gated = {}, {}
+    for name, (path, pattern) in args.static.items():
         model = checkpoint.load_model(path).eval()
-        if isinstance(model, GatedCRN):
-            raise SystemExit(f"error: {path} is a gated model; pass it with --gated")
-        s = summarise(score(items, enhancer(model), True, name), snr_of)
-        systems[name] = {"kind": "static", "checkpoint": str(path), "macs_per_frame": cost(model).macs_per_frame, **s}
+        if isinstance(model, GatedCRN) and pattern is None:
+            raise SystemExit(f"error: {path}: a gated model is static only with fixed gates (NAME=CKPT@0,1); other gated models go to --gated")
+        if not isinstance(model, GatedCRN) and pattern is not None:
+            raise SystemExit(f"error: {path} has no gates to fix; drop the @{','.join(f'{g:g}' for g in pattern)}")
+        if pattern is not None and len(pattern) != len(model.branches):
+            raise SystemExit(f"error: {path} has {len(model.branches)} branches; give one fixed gate per branch, got {len(pattern)}")
+        static[name] = (path, model, pattern)
     for name, path in args.gated.items():
         model = checkpoint.load_model(path).eval()
         if not isinstance(model, GatedCRN):
             raise SystemExit(f"error: {path} is not a gated model; pass it with --static")
+        gated[name] = (path, model)
+    return static, gated
+
+
+def quality(static: dict, gated: dict, items, snr_of) -> tuple[dict, dict]:
+    """Scores and mean executed MACs per frame of every system; per-file MACs of gated ones."""
+    systems, per_file_macs = {}, {}
+    for name, (path, model, pattern) in static.items():
+        if pattern is None:
+            s = summarise(score(items, enhancer(model), True, name), snr_of)
+            systems[name] = {"kind": "static", "checkpoint": str(path), "macs_per_frame": cost(model).macs_per_frame, **s}
+            continue
+        usage: list[float] = []
+        macs = gated_cost(model)
+        full = macs["trunk"] + macs["policy"] + sum(macs["branches"])
+        s = summarise(score(items, gated_enhancer(model, pattern, usage, macs), True, name), snr_of)
+        systems[name] = {"kind": "static", "checkpoint": str(path), "gates": list(pattern), "macs_per_frame": usage[0], "macs_all_on": full,
+                         "mac_ratio": usage[0] / full, **s}  # fmt: skip
+    for name, (path, model) in gated.items():
         macs = gated_cost(model)
         full = macs["trunk"] + macs["policy"] + sum(macs["branches"])
         for gates, label in (("on", f"{name} (all on)"), ("policy", name)):
@@ -191,8 +234,16 @@ def markdown(result: dict) -> str:
         ]
         for name, s in systems.items():
             m = s["mean"]
-            share = f" ({s['mac_ratio']:.0%})" if s["kind"] == "gated" else ""
+            share = f" ({s['mac_ratio']:.0%})" if "mac_ratio" in s else ""
             lines.append(f"| {name} | {s['macs_per_frame'] / 1e3:.1f}{share} | {m['pesq']:.3f} | {m['estoi']:.3f} | {m['si_sdr']:.2f} | {m['dnsmos_ovrl']:.3f} |")
+        against = [(n, s, systems.get(f"{n} (all on)")) for n, s in systems.items() if s.get("gates") == "policy"]
+        if against:
+            lines += ["", "Each gated model against its own full width (all on):", "",
+                      "| system | executed / all-on MACs | ΔPESQ | ΔSI-SDR (dB) |", "|---|---:|---:|---:|"]  # fmt: skip
+            for n, s, full in against:
+                if full is not None:
+                    d = {k: s["mean"][k] - full["mean"][k] for k in ("pesq", "si_sdr")}
+                    lines.append(f"| {n} | {s['mac_ratio']:.0%} | {d['pesq']:+.3f} | {d['si_sdr']:+.2f} |")
     for name, u in result.get("usage", {}).items():
         lines += ["", f"Executed MACs / all-on MACs of `{name}` by input SNR (dB): "
                   + ", ".join(f"{s}: {r:.2f}" for s, r in u["by_snr"].items())
@@ -258,13 +309,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     result: dict = {}
     try:
+        static, gated = load(args)  # bad checkpoints are refused before anything runs
         if args.bundle:  # first: the timing should not share the machine with the scoring's leftovers
             result["timing"] = timing(args)
         if args.gated or args.static:
             items = read_set(args.devset / "noisy", args.devset / "clean", args.files)
             snr_of = read_snrs(args.devset)
             noisy = summarise(score(items, None, True, "noisy"), snr_of)
-            systems, per_file_macs = quality(args, items, snr_of)
+            systems, per_file_macs = quality(static, gated, items, snr_of)
             result.update(files=len(items), noisy=noisy["mean"], systems=systems, usage=usage_table(systems, per_file_macs, noisy, snr_of))
     except (checkpoint.CheckpointError, BundleError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -80,6 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--cost-weight", type=float, default=1.0, help="weight of (usage - target)^2")
     g.add_argument("--tau", type=float, nargs=2, default=(2.0, 0.2), metavar=("START", "END"), help="Gumbel temperature, annealed exponentially")
     g.add_argument("--gate-warmup", type=float, default=0.0, help="fraction of steps with every gate forced on (1: a static full-width run)")
+    g.add_argument("--fixed-gates", type=lambda v: tuple(float(x) for x in v.split(",")), metavar="G0,G1,...",
+                   help="every step with these gates (1 on, 0 off) and no cost: a static student of the trunk plus the chosen branches")
+    g.add_argument("--cost-over", choices=("example", "batch"), default="example",
+                   help="usage held to the target per example, or on average over the batch (lets the policy give some mixtures more than others)")
     g.add_argument("--mgt", action="store_true", help="metric-guided: per-mixture usage target from the DNSMOS OVRL of its noisy input")
     g.add_argument("--mgt-ovrl", type=float, nargs=2, default=(1.4, 2.8), metavar=("BAD", "GOOD"), help="OVRL range mapped onto --mgt-usage")
     g.add_argument("--mgt-usage", type=float, nargs=2, default=(1.0, 0.2), metavar=("AT_BAD", "AT_GOOD"), help="usage targets at the ends of --mgt-ovrl")
@@ -162,6 +166,8 @@ class GateConfig:
     cost_weight: float = 1.0
     tau: tuple[float, float] = (2.0, 0.2)
     warmup: float = 0.0  # fraction of steps with every gate on
+    fixed: tuple[float, ...] | None = None  # gates of every frame of every step (a static run)
+    scope: str = "example"  # "example": each mixture's usage held to its target; "batch": their mean
     mgt: bool = False
     mgt_ovrl: tuple[float, float] = (1.4, 2.8)
     mgt_usage: tuple[float, float] = (1.0, 0.2)
@@ -209,12 +215,18 @@ class Objective:
             g = self.gating
             progress = step / max(1, self.total_steps)
             tau = g.tau[0] * (g.tau[1] / g.tau[0]) ** progress
-            forced = torch.ones(ns.shape[0], ns.shape[1], len(model.branches)) if progress < g.warmup else None
+            forced = None
+            if g.fixed is not None:
+                forced = torch.tensor(g.fixed).expand(ns.shape[0], ns.shape[1], -1)  # [B, T, K]
+            elif progress < g.warmup:
+                forced = torch.ones(ns.shape[0], ns.shape[1], len(model.branches))
             mask, gates, _ = model(ns, tau=tau, gates=forced)  # gates [B, T, K]
             usage = (gates * self.share).sum(-1).mean(-1)  # [B]
             self.usage = usage.mean().item()
             if forced is None:
-                cost_term = g.cost_weight * (usage - g.target(ovrl, len(usage))).square().mean()
+                target = g.target(ovrl, len(usage))  # [B]
+                gap = usage - target if g.scope == "example" else usage.mean() - target.mean()
+                cost_term = g.cost_weight * gap.square().mean()
             acts = None
         else:
             mask, acts = model(ns, taps=True) if taps else (model(ns), None)
@@ -335,10 +347,14 @@ def main(argv=None) -> int:
     try:
         gating = branch_macs = None
         if gated:
-            gating = GateConfig(args.usage_target, args.cost_weight, tuple(args.tau), args.gate_warmup, args.mgt, tuple(args.mgt_ovrl), tuple(args.mgt_usage))
+            gating = GateConfig(args.usage_target, args.cost_weight, tuple(args.tau), args.gate_warmup, args.fixed_gates, args.cost_over,
+                                args.mgt, tuple(args.mgt_ovrl), tuple(args.mgt_usage))  # fmt: skip
             branch_macs = gated_cost(model)["branches"]
-        elif args.mgt:
-            raise ValueError("--mgt needs a gated model (e.g. --model gated-student)")
+            fixed = args.fixed_gates
+            if fixed is not None and (len(fixed) != len(branch_macs) or any(v not in (0.0, 1.0) for v in fixed)):
+                raise ValueError(f"--fixed-gates needs {len(branch_macs)} values of 0 or 1, one per branch; got {args.fixed_gates}")
+        elif args.mgt or args.fixed_gates is not None:
+            raise ValueError("--mgt and --fixed-gates need a gated model (e.g. --model gated-student)")
         objective = Objective(weights, kd_config(args), teacher, args.steps, gating, branch_macs)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,7 +8,8 @@
 #      schedule over 15000 steps stopped at PRETRAIN (default 5000; raise it to train longer);
 #   2. from those weights, side by side, SI-SDR loss for FINETUNE steps (default 1500): the full
 #      width again (the reference every gated model is compared with), usage targets 0.3, 0.5
-#      and 0.7, and metric-guided targets (--mgt);
+#      and 0.7, metric-guided targets (--mgt), and the trunk plus branch 1 with fixed gates
+#      (--fixed-gates 0,1): the static student of matched MACs;
 #   3. export of the 0.5 model to runtime/bundles/gated, then benchmarks.slimming on DEV_FILES
 #      dev files (default 40) against the shipped static student.
 # The step counts can be lowered (PRETRAIN=1000 FINETUNE=300 ...) for a quick run on a CPU.
@@ -44,6 +45,7 @@ ft u30 --usage-target 0.3
 ft u70 --usage-target 0.7
 wait "${pids[@]}"; pids=()
 ft mgt --mgt --mgt-pool 1000
+ft static --fixed-gates 0,1
 wait "${pids[@]}"; pids=()
 
 $PY -m export --checkpoint "$RUNS/gated_u50/last.pt" --out runtime/bundles/gated --force \
@@ -53,4 +55,4 @@ $PY -m export --checkpoint "$RUNS/gated_u50/last.pt" --out runtime/bundles/gated
 $PY -m benchmarks.slimming --devset data/devset --files "$DEV_FILES" \
     --gated full="$RUNS/gated_full_ft/last.pt" u30="$RUNS/gated_u30/last.pt" u50="$RUNS/gated_u50/last.pt" \
             u70="$RUNS/gated_u70/last.pt" mgt="$RUNS/gated_mgt/last.pt" \
-    --static student=assets/checkpoints/student.pt --bundle runtime/bundles/gated
+    --static student=assets/checkpoints/student.pt matched="$RUNS/gated_static/last.pt@0,1" --bundle runtime/bundles/gated

@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from benchmarks import kd_ablation, latency
@@ -37,17 +38,29 @@ def test_slimming_tabulates_quality_usage_and_time(gated_checkpoint, small_check
     from benchmarks import slimming
 
     out = tmp_path / "slim"
-    args = ["--devset", str(small_devset), "--gated", f"g={gated_checkpoint}", "--static", f"s={small_checkpoint}", "--bundle", str(gated_bundle),
+    args = ["--devset", str(small_devset), "--gated", f"g={gated_checkpoint}", "--static", f"s={small_checkpoint}", f"f={gated_checkpoint}@1",
+            "--bundle", str(gated_bundle),
             "--files", "1", "--timing", "onnxruntime/int8", "--seconds", "1", "--rounds", "1", "--out", str(out)]  # fmt: skip
     assert slimming.main(args) == 0
     r = json.loads((out / "slimming.json").read_text())
-    assert set(r["systems"]) == {"s", "g", "g (all on)"}
+    assert set(r["systems"]) == {"s", "f", "g", "g (all on)"}
     g = json.loads((gated_bundle / "manifest.json").read_text())["gating"]["parts"]
     off = (g["trunk"]["macs_per_frame"] + g["policy"]["macs_per_frame"]) / r["systems"]["g"]["macs_all_on"]
+    f = r["systems"]["f"]
+    assert f["kind"] == "static" and f["macs_per_frame"] == g["trunk"]["macs_per_frame"] + g["policy"]["macs_per_frame"] + g["branch0"]["macs_per_frame"]
     assert r["systems"]["g (all on)"]["mac_ratio"] == 1.0 and off <= r["systems"]["g"]["mac_ratio"] <= 1.0
     assert set(r["timing"]["rows"]) == {f"onnxruntime/int8/{g}" for g in ("on", "off", "policy")}
     assert r["timing"]["rows"]["onnxruntime/int8/off"]["mac_ratio"] == off and r["timing"]["rows"]["onnxruntime/int8/on"]["mac_ratio"] == 1.0
     assert (out / "slimming.md").read_text().count("|") > 20 and (out / "slimming.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("spec, message", [("{g}", "static only with fixed gates"), ("{g}@2", "fixed gates are 0s and 1s"),
+                                           ("{g}@1,0", "one fixed gate per branch"), ("{s}@1", "has no gates to fix")])  # fmt: skip
+def test_slimming_static_gated_needs_a_valid_fixed_pattern(gated_checkpoint, small_checkpoint, small_devset, tmp_path, spec, message):
+    from benchmarks import slimming
+
+    with pytest.raises(SystemExit, match=message):
+        slimming.main(["--devset", str(small_devset), "--static", "x=" + spec.format(g=gated_checkpoint, s=small_checkpoint), "--files", "1", "--out", str(tmp_path)])
 
 
 def test_slimming_refuses_a_plain_bundle(small_bundle, small_devset, tmp_path, capsys):

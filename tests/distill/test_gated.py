@@ -113,6 +113,41 @@ def test_cost_term_pulls_usage_to_its_target():
     assert np.mean(usages[-5:]) < 0.25 < np.mean(usages[:3])
 
 
+def test_fixed_gates_train_the_chosen_branches_without_cost():
+    torch.manual_seed(0)
+    m = build("gated-student")
+    obj = train.Objective({"spec": 1.0}, total_steps=100, gating=train.GateConfig(fixed=(0.0, 1.0)), branch_macs=gated_cost(m)["branches"])
+    loss, terms, _ = obj(m, torch.randn(2, 8000) * 0.1, torch.randn(2, 8000) * 0.1, 0)
+    loss.backward()
+    assert "cost" not in terms
+    assert obj.usage == pytest.approx(obj.share[1].item())
+    assert all(p.grad is None or not p.grad.any() for p in m.branches[0].parameters())
+    assert any(p.grad is not None and p.grad.any() for p in m.branches[1].parameters())
+
+
+def test_cost_over_the_batch_holds_only_the_mean_usage_to_the_mean_target():
+    m = build("gated-student")
+    share = gated_cost(m)["branches"]
+    noisy, clean = torch.randn(2, 8000) * 0.1, torch.randn(2, 8000) * 0.1
+    costs = {}
+    for scope in ("example", "batch"):
+        obj = train.Objective({"spec": 1.0}, total_steps=100, gating=train.GateConfig(mgt=True, scope=scope), branch_macs=share)
+        torch.manual_seed(0)
+        _, terms, _ = obj(m, noisy, clean, 0, ovrl=torch.tensor([1.4, 2.8]))  # targets 1.0 and 0.2
+        costs[scope] = terms["cost"].item()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        _, gates, _ = m(stft(noisy, m.config.stft), tau=2.0)  # the same draw of gates
+    usage = (gates * obj.share).sum(-1).mean(-1)
+    assert costs["example"] == pytest.approx(((usage - torch.tensor([1.0, 0.2])) ** 2).mean().item(), rel=1e-5)
+    assert costs["batch"] == pytest.approx((usage.mean() - 0.6).item() ** 2, rel=1e-5, abs=1e-9)
+
+
+def test_fixed_gates_need_one_0_or_1_per_branch(tmp_path, capsys):
+    assert train.main(["--model", "gated-student", "--synthetic", "--steps", "1", "--fixed-gates", "1,0,1", "--out", str(tmp_path / "run")]) == 2
+    assert "--fixed-gates needs 2 values of 0 or 1" in capsys.readouterr().err
+
+
 def test_metric_guided_target_is_monotone():
     g = train.GateConfig(mgt=True, mgt_ovrl=(1.5, 3.0), mgt_usage=(1.0, 0.2))
     t = g.target(torch.tensor([1.0, 1.5, 2.25, 3.0, 4.0]), 5)
