@@ -80,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--cost-weight", type=float, default=1.0, help="weight of (usage - target)^2")
     g.add_argument("--tau", type=float, nargs=2, default=(2.0, 0.2), metavar=("START", "END"), help="Gumbel temperature, annealed exponentially")
     g.add_argument("--gate-warmup", type=float, default=0.0, help="fraction of steps with every gate forced on (1: a static full-width run)")
-    g.add_argument("--fixed-gates", type=lambda v: tuple(float(x) for x in v.split(",")), metavar="G0,G1,...",
+    g.add_argument("--fixed-gates", type=gate_pattern, metavar="G0,G1,...",
                    help="every step with these gates (1 on, 0 off) and no cost: a static student of the trunk plus the chosen branches")
     g.add_argument("--cost-over", choices=("example", "batch"), default="example",
                    help="usage held to the target per example, or on average over the batch (lets the policy give some mixtures more than others)")
@@ -107,6 +107,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if (args.kd != "none") != bool(args.teacher):
         p.error("--kd METHOD and --teacher CKPT go together")
     return args
+
+
+def gate_pattern(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 0s and 1s separated by commas, one per branch (e.g. 0,1); got {text!r}") from None
 
 
 def kd_config(args) -> KDConfig | None:
