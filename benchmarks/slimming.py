@@ -107,7 +107,7 @@ def gated_enhancer(model: GatedCRN, gates: str | tuple[float, ...], usage: list,
     return run
 
 
-def load(args) -> tuple[dict, dict]:
+def load_models(args) -> tuple[dict, dict]:
     """Every system's model, checked before anything is scored: static (with its fixed gates or
     None) and gated."""
     static, gated = {}, {}
@@ -309,7 +309,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     result: dict = {}
     try:
-        static, gated = load(args)  # bad checkpoints are refused before anything runs
+        static, gated = load_models(args)  # bad checkpoints are refused before anything runs
         if args.bundle:  # first: the timing should not share the machine with the scoring's leftovers
             result["timing"] = timing(args)
         if args.gated or args.static:
