@@ -275,17 +275,32 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [k for k in ("systems", "usage", "timing") if result.get(k)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, kind in zip(axes[0], panels):
-        if kind == "systems":
+    panels = []
+    if result.get("systems"):
+        panels += [("quality", "pesq", "PESQ"), ("quality", "si_sdr", "SI-SDR (dB)")]
+    if result.get("usage"):
+        panels += [("snr",), ("ovrl",)]
+    if result.get("timing"):
+        panels += [("timing",)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (kind, *what) in zip(axes[0], panels):
+        if kind == "quality":
+            metric, label = what
             for name, s in result["systems"].items():
-                ax.scatter(s["macs_per_frame"] / 1e3, s["mean"]["pesq"], marker="o" if s["kind"] == "gated" else "s")
-                ax.annotate(name, (s["macs_per_frame"] / 1e3, s["mean"]["pesq"]), fontsize=7)
+                x, y = s["macs_per_frame"] / 1e3, s["mean"][metric]
+                ax.scatter(x, y, marker="o" if s["kind"] == "gated" else "s")
+                ax.annotate(name, (x, y), fontsize=7)
             ax.set_xlabel("executed MACs per frame (k)")
-            ax.set_ylabel("PESQ")
-            ax.set_title("quality against compute")
-        elif kind == "usage":
+            ax.set_ylabel(label)
+            ax.set_title(f"{label} against compute")
+        elif kind == "snr":
+            for name, u in result["usage"].items():
+                ax.plot([float(s) for s in u["by_snr"]], list(u["by_snr"].values()), marker="o", label=name)
+            ax.set_xlabel("input SNR (dB)")
+            ax.set_ylabel("executed MACs / all on")
+            ax.set_title("gate usage against input SNR")
+            ax.legend(fontsize=7)
+        elif kind == "ovrl":
             for name, u in result["usage"].items():
                 pts = list(u["per_file"].values())
                 ax.scatter([p["input_ovrl"] for p in pts], [p["mac_ratio"] for p in pts], s=10, label=name)
