@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from distill import checkpoint
 from distill.data import AudioFolder, MixConfig, MixtureSampler, PairedSampler, PooledSampler, SyntheticSampler, paired_files
-from distill.dsp import apply_mask, enhance, istft, stft
+from distill.dsp import apply_mask, istft, stft
 from distill.kd import METHODS, KDConfig, dfkd, dispatch_l2, gram_loss, output_kd
 from distill.losses import parse_weights, si_sdr, supervised
 from distill.models import PRESETS, build, config_from_dict, cost, gated_cost
@@ -78,6 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("dynamic slimming (gated models, see README: Dynamic slimming)")
     g.add_argument("--usage-target", type=float, default=0.5, help="target MAC-weighted usage of the gated branches")
     g.add_argument("--cost-weight", type=float, default=1.0, help="weight of (usage - target)^2")
+    g.add_argument("--policy-lr-scale", type=float, default=10.0, help="the policy's learning rate as a multiple of --lr")
     g.add_argument("--tau", type=float, nargs=2, default=(2.0, 0.2), metavar=("START", "END"), help="Gumbel temperature, annealed exponentially")
     g.add_argument("--gate-warmup", type=float, default=0.0, help="fraction of steps with every gate forced on (1: a static full-width run)")
     g.add_argument("--fixed-gates", type=gate_pattern, metavar="G0,G1,...",
@@ -263,17 +264,37 @@ class Objective:
 
 
 @torch.no_grad()
-def validate(model, val) -> tuple[float, float]:
-    """Mean SI-SDR of the enhanced validation signals and its improvement over the noisy input."""
+def validate(model, val, share: torch.Tensor | None = None) -> tuple[float, float, float | None]:
+    """Mean SI-SDR of the enhanced validation signals, its improvement over the noisy input and,
+    for a gated model (``share``: each branch's part of the gated MACs), the usage its policy
+    gives them with the hard gates of inference, which can differ from the sampled gates of
+    training."""
     model.eval()
-    out, gain = [], []
+    cfg = model.config.stft
+    out, gain, usage = [], [], []
     for noisy, clean in val:
         n, c = torch.from_numpy(noisy)[None], torch.from_numpy(clean)[None]
-        s = si_sdr(enhance(model, n), c).item()
+        spec = stft(n, cfg)  # [1, T, F, 2]
+        res = model(spec)
+        mask = res[0] if isinstance(res, tuple) else res
+        if share is not None:
+            usage.append((res[1] * share).sum(-1).mean().item())  # res[1]: gates [1, T, K]
+        s = si_sdr(istft(apply_mask(spec, mask), cfg, n.shape[-1]), c).item()
         out.append(s)
         gain.append(s - si_sdr(n, c).item())
     model.train()
-    return float(np.mean(out)), float(np.mean(gain))
+    return float(np.mean(out)), float(np.mean(gain)), float(np.mean(usage)) if usage else None
+
+
+def param_groups(model: torch.nn.Module, lr: float, policy_scale: float) -> list[dict]:
+    """One group, or for a gated model two: the policy learns ``policy_scale`` times faster. At
+    the shared rate the task loss's push on the gates drowns the cost's per-mixture signal and the
+    policy settles on a fixed choice of branches."""
+    policy = getattr(model, "policy", None)
+    if policy is None or policy_scale == 1:
+        return [{"params": list(model.parameters())}]
+    own = {id(p) for p in policy.parameters()}
+    return [{"params": [p for p in model.parameters() if id(p) not in own]}, {"params": list(policy.parameters()), "lr": lr * policy_scale}]
 
 
 def lr_factor(step: int, args) -> float:
@@ -331,7 +352,7 @@ def main(argv=None) -> int:
         model = build(args.model, **overrides) if args.model in PRESETS else build(args.model, config_from_dict(args.model, overrides))
     model.train().to(memory_format=torch.channels_last)  # 2x faster convs on CPU
     opt_cls = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(model.parameters(), lr=args.lr, weight_decay=args.weight_decay if args.optimizer == "adamw" else 0.0)
+    optimizer = opt_cls(param_groups(model, args.lr, args.policy_lr_scale), lr=args.lr, weight_decay=args.weight_decay if args.optimizer == "adamw" else 0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, args))
     step, best, skipped = 0, -math.inf, 0
     if state is not None:
@@ -375,7 +396,7 @@ def main(argv=None) -> int:
     tb = SummaryWriter(str(out / "tb"))
     train_log = CsvLog(out / "train.csv", ["step", "time", "lr", "loss", *(f"loss_{k}" for k in objective.term_names), "sisdr", "grad_norm", "skipped",
                                             *(["usage"] if gated else [])])  # fmt: skip
-    val_log = CsvLog(out / "val.csv", ["step", "time", "val_sisdr", "val_sisdri"])
+    val_log = CsvLog(out / "val.csv", ["step", "time", "val_sisdr", "val_sisdri", *(["val_usage"] if gated else [])])
 
     def save(path):
         checkpoint.save(
@@ -446,11 +467,13 @@ def main(argv=None) -> int:
             bar.set_postfix(loss=f"{row['loss']:.4f}", sisdr=f"{row['sisdr']:.1f}dB", lr=f"{row['lr']:.1e}")
             acc = {}
         if step % args.val_every == 0 or step == args.steps:
-            v, vi = validate(model, val)
-            val_log.write({"step": step, "time": round(time.time() - t0, 1), "val_sisdr": v, "val_sisdri": vi})
+            v, vi, vu = validate(model, val, objective.share)
+            val_log.write({"step": step, "time": round(time.time() - t0, 1), "val_sisdr": v, "val_sisdri": vi, "val_usage": vu})
             tb.add_scalar("val/sisdr", v, step)
             tb.add_scalar("val/sisdri", vi, step)
-            tqdm.write(f"step {step}: validation SI-SDR {v:.2f} dB ({vi:+.2f} dB over noisy)")
+            if vu is not None:
+                tb.add_scalar("val/usage", vu, step)
+            tqdm.write(f"step {step}: validation SI-SDR {v:.2f} dB ({vi:+.2f} dB over noisy)" + (f", usage {vu:.2f}" if vu is not None else ""))
             if v > best:
                 best = v
                 save(out / "best.pt")

@@ -162,3 +162,21 @@ def test_folded_batchnorm_gives_the_same_outputs(model):
         b, _, _ = model.fold_batchnorm()(spec, gates=gates)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.fold_batchnorm().modules())
     assert (a - b).abs().max() < 1e-5
+
+
+def test_policy_learns_at_its_own_rate_and_every_weight_is_trained_once():
+    m = build("gated-student")
+    groups = train.param_groups(m, 1e-3, 10.0)
+    assert [g.get("lr") for g in groups] == [None, 1e-2]
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in m.parameters())
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in m.policy.parameters()}
+    assert len(train.param_groups(build("student"), 1e-3, 10.0)) == 1
+
+
+def test_gated_validation_reports_the_usage_of_inference_gates(tmp_path):
+    assert train.main(["--model", "gated-student", "--synthetic", "--steps", "2", "--batch", "2", "--seconds", "1", "--val-every", "2",
+                       "--no-progress", "--out", str(tmp_path / "run")]) == 0  # fmt: skip
+    rows = (tmp_path / "run" / "val.csv").read_text().splitlines()
+    assert rows[0].split(",")[-1] == "val_usage"
+    assert 0.0 <= float(rows[1].split(",")[-1]) <= 1.0
