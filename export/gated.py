@@ -318,12 +318,13 @@ def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options
     check_parity()  # after quality, which may have re-quantised the int8 files
 
     if "tflite" in opt.formats:
-        log("firmware: C arrays of the int8 TFLite parts")
+        log("firmware: C arrays of the int8 TFLite parts and golden vectors")
         for name in graphs["tflite"]:
             symbol = f"{name}_int8_tflite"
             firmware.c_model((out / f"{name}.int8.tflite").read_bytes(), symbol, out / f"{symbol}.h", out / f"{symbol}.cc")
             add(f"{symbol}.h", "c_header", embeds=f"{name}.int8.tflite")
             add(f"{symbol}.cc", "c_source", embeds=f"{name}.int8.tflite", symbol=symbol, alignment=16)
+        _golden(out, spec[: opt.golden_frames], runner(open_bundle(), "tflite", "int8"), add)
 
     quality_ok = not opt.devset or all(v["passed"] for v in verification["quality"]["results"].values())
     verification["passed"] = all(v["passed"] for v in verification["parity"].values()) and quality_ok
@@ -331,6 +332,63 @@ def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options
     add("README.md", "model_card")
     write_manifest(verification)
     return json.loads((out / MANIFEST).read_text())
+
+
+GOLDEN_NOTE = (
+    "`golden/` holds that protocol run on the int8 TFLite parts with the policy's gates, for a firmware port to test "
+    "against: the frames, gates and masks (`.npy`, and C arrays in `golden_gated.h/.cc`), and per part the inputs "
+    "and outputs of every call with the frames it ran on (`<part>.npz`)."
+)
+
+
+class Recorder:
+    """A part session that keeps the inputs and outputs of every call."""
+
+    def __init__(self, session, calls: list):
+        self.session, self.inputs, self.outputs, self.calls = session, session.inputs, session.outputs, calls
+
+    def run(self, values):
+        res = self.session.run(values)
+        self.calls.append([np.array(v) for v in [*values, *res]])
+        return res
+
+
+def _golden(out: Path, frames: np.ndarray, runner: GatedRunner, add) -> None:
+    """Golden vectors of the int8 TFLite parts run by the protocol with the policy's gates: the
+    frames, the gates and the masks, as .npy and C arrays; and per part, the inputs and outputs of
+    every call with the frames it ran on (``<part>.npz``, keys: tensor names and ``frames``)."""
+    calls = {name: [] for name in runner.parts}
+    for name, (session, updates) in list(runner.parts.items()):
+        runner.parts[name] = (Recorder(session, calls[name]), updates)
+    ran = {name: [] for name in calls}
+    states, masks = runner.initial_state(), []
+    for t, frame in enumerate(frames):
+        before = {name: len(c) for name, c in calls.items()}
+        mask, states = runner(frame, states)
+        masks.append(mask)
+        for name, c in calls.items():
+            if len(c) > before[name]:
+                ran[name].append(t)
+    (out / "golden").mkdir()
+    gates = np.array([[t in ran[b] for b in runner.branches] for t in range(len(frames))], np.uint8)  # [N, K]
+    arrays = {"frames_fp32": frames.astype(np.float32), "gates": gates, "masks_int8_parts": np.stack(masks)}
+    for name, a in arrays.items():
+        np.save(out / "golden" / f"{name}.npy", a)
+        add(f"golden/{name}.npy", "golden", shape=list(a.shape), dtype=a.dtype.name)
+    for name, c in calls.items():
+        session = runner.parts[name][0]
+        tensors = {n: np.array([call[i] for call in c], np.float32) for i, n in enumerate([*session.inputs, *session.outputs])}  # [calls, ...]
+        np.savez(out / "golden" / f"{name}.npz", frames=np.array(ran[name], np.int32), **tensors)
+        add(f"golden/{name}.npz", "golden", part=name, calls=len(c))
+    firmware.c_arrays(
+        {"golden_frames": arrays["frames_fp32"], "golden_gates": gates, "golden_masks": arrays["masks_int8_parts"]},
+        out / "golden" / "golden_gated.h",
+        out / "golden" / "golden_gated.cc",
+        f"Golden vectors of the int8 TFLite parts run by the gating protocol: {len(frames)} frames [bins, 2], "
+        "the gates the policy gave each branch, and the masks.",
+    )
+    add("golden/golden_gated.h", "golden_c")
+    add("golden/golden_gated.cc", "golden_c")
 
 
 def manifest(model: nn.Module, section: dict, checkpoint_info: dict, files: dict, verification: dict) -> dict:
@@ -376,6 +434,7 @@ def model_card(m: dict) -> str:
         "## Protocol",
         "",
         g["protocol"],
+        *(["", GOLDEN_NOTE] if "golden/golden_gated.h" in m["files"] else []),
         "",
         f"- features: {m['transforms']['features']['formula']}",
         f"- energies: {m['transforms']['energies']['formula']}",

@@ -13,7 +13,7 @@ from export.calibration import frames
 from export.gated import reference
 from export.verify import stream as stream_masks
 from runtime import report
-from runtime.backends import GatedRunner, open_runner
+from runtime.backends import SESSIONS, GatedRunner, open_runner
 from runtime.bundle import Bundle, BundleError
 from runtime.engine import Engine
 from tests.conftest import level_jumps
@@ -164,3 +164,27 @@ def test_tampered_gating_gives_one_clear_line(case, gated_bundle, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error:") and message in err[0], err
     assert not (tmp_path / "out.wav").exists()
+
+
+def test_golden_vectors_replay_on_the_int8_parts(gated_bundle):
+    """Each part's recorded inputs reproduce its recorded outputs; a branch ran on exactly the
+    frames its gate was open, and the masks are the protocol's on the golden frames."""
+    bundle = Bundle(gated_bundle)
+    g = {n: np.load(gated_bundle / "golden" / f"{n}.npy") for n in ("frames_fp32", "gates", "masks_int8_parts")}
+    parts = bundle.parts("tflite", "int8")
+    for name, spec in bundle.gating["parts"].items():
+        rec = np.load(gated_bundle / "golden" / f"{name}.npz")
+        session = SESSIONS["litert"](parts[name].path, spec["inputs"], spec["outputs"], 1)
+        for i in (0, len(rec["frames"]) - 1):
+            out = session.run([rec[n][i] for n in spec["inputs"]])
+            for n, o in zip(spec["outputs"], out):
+                assert np.array_equal(o, rec[n][i]), (name, n)
+        if name.startswith("branch"):
+            assert rec["frames"].tolist() == np.flatnonzero(g["gates"][:, int(name[len("branch") :])]).tolist()
+        else:
+            assert rec["frames"].tolist() == list(range(len(g["frames_fp32"])))
+    assert 0 < g["gates"].mean() < 1, "the golden frames should show the branch both open and closed"
+    runner = open_runner(bundle, "litert", "int8")
+    assert np.array_equal(stream_masks(runner, g["frames_fp32"]), g["masks_int8_parts"])
+    header = (gated_bundle / "golden" / "golden_gated.h").read_text()
+    assert f"golden_gates[{g['gates'].size}]" in header
