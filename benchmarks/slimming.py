@@ -1,7 +1,7 @@
 """Dynamic slimming: quality against the MACs actually executed, gate usage against how bad the
 input is, and the per-frame time the runtime saves by skipping closed branches.
 
-``python -m benchmarks.slimming --devset data/devset --gated NAME=CKPT [...] [--static NAME=CKPT[@G0,G1,...] ...] [--bundle GATED_BUNDLE]``
+``python -m benchmarks.slimming --devset data/devset --gated NAME=CKPT [...] [--static NAME=CKPT[@G0,G1,...] ...] [--reference NAME] [--bundle GATED_BUNDLE]``
 
 - Quality (PESQ, ESTOI, SI-SDR, DNSMOS OVRL) of every system on the dev test set, offline, against
   its mean MACs per frame: static models cost what ``distill.models.cost`` counts; a gated model
@@ -57,6 +57,7 @@ def parse_args(argv):
     p.add_argument("--gated", nargs="+", default=[], metavar="NAME=CKPT", help="gated checkpoints")
     p.add_argument("--static", nargs="*", default=[], metavar="NAME=CKPT[@GATES]",
                    help="static checkpoints to compare with; @0,1 marks a gated one trained with --fixed-gates 0,1")
+    p.add_argument("--reference", metavar="NAME", help="a --static or --gated name every other system is compared with (MAC ratio, metric differences)")
     p.add_argument("--files", type=int, help="score this many dev files, spread over the set (default: all)")
     p.add_argument("--bundle", type=Path, help="gated bundle whose runtime per-frame time is measured")
     p.add_argument("--timing", default="litert/int8,onnxruntime/fp32", help="backend/precision pairs timed with --bundle")
@@ -70,6 +71,8 @@ def parse_args(argv):
         p.error("give --gated, --static or --bundle")
     if (args.gated or args.static) and not args.devset:
         p.error("--gated and --static are scored on --devset; give it")
+    if args.reference and args.reference not in {**args.static, **args.gated}:
+        p.error(f"--reference {args.reference} is not one of the --static or --gated names")
     return args
 
 
@@ -244,6 +247,15 @@ def markdown(result: dict) -> str:
                 if full is not None:
                     d = {k: s["mean"][k] - full["mean"][k] for k in ("pesq", "si_sdr")}
                     lines.append(f"| {n} | {s['mac_ratio']:.0%} | {d['pesq']:+.3f} | {d['si_sdr']:+.2f} |")
+        ref = systems.get(result.get("reference") or "")
+        if ref is not None:
+            lines += ["", f"Every system against `{result['reference']}`:", "",
+                      "| system | MACs / reference | ΔPESQ | ΔESTOI | ΔSI-SDR (dB) | ΔOVRL |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+            for n, s in systems.items():
+                if n != result["reference"]:
+                    d = {k: s["mean"][k] - ref["mean"][k] for k in METRICS}
+                    lines.append(f"| {n} | {s['macs_per_frame'] / ref['macs_per_frame']:.0%} | {d['pesq']:+.3f} | {d['estoi']:+.3f} | "
+                                 f"{d['si_sdr']:+.2f} | {d['dnsmos_ovrl']:+.3f} |")  # fmt: skip
     for name, u in result.get("usage", {}).items():
         lines += ["", f"Executed MACs / all-on MACs of `{name}` by input SNR (dB): "
                   + ", ".join(f"{s}: {r:.2f}" for s, r in u["by_snr"].items())
@@ -332,7 +344,8 @@ def main(argv=None) -> int:
             snr_of = read_snrs(args.devset)
             noisy = summarise(score(items, None, True, "noisy"), snr_of)
             systems, per_file_macs = quality(static, gated, items, snr_of)
-            result.update(files=len(items), noisy=noisy["mean"], systems=systems, usage=usage_table(systems, per_file_macs, noisy, snr_of))
+            result.update(files=len(items), noisy=noisy["mean"], systems=systems, usage=usage_table(systems, per_file_macs, noisy, snr_of),
+                          reference=args.reference)  # fmt: skip
     except (checkpoint.CheckpointError, BundleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

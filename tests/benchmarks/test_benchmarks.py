@@ -39,7 +39,7 @@ def test_slimming_tabulates_quality_usage_and_time(gated_checkpoint, small_check
 
     out = tmp_path / "slim"
     args = ["--devset", str(small_devset), "--gated", f"g={gated_checkpoint}", "--static", f"s={small_checkpoint}", f"f={gated_checkpoint}@1",
-            "--bundle", str(gated_bundle),
+            "--bundle", str(gated_bundle), "--reference", "f",
             "--files", "1", "--timing", "onnxruntime/int8", "--seconds", "1", "--rounds", "1", "--out", str(out)]  # fmt: skip
     assert slimming.main(args) == 0
     r = json.loads((out / "slimming.json").read_text())
@@ -51,7 +51,19 @@ def test_slimming_tabulates_quality_usage_and_time(gated_checkpoint, small_check
     assert r["systems"]["g (all on)"]["mac_ratio"] == 1.0 and off <= r["systems"]["g"]["mac_ratio"] <= 1.0
     assert set(r["timing"]["rows"]) == {f"onnxruntime/int8/{g}" for g in ("on", "off", "policy")}
     assert r["timing"]["rows"]["onnxruntime/int8/off"]["mac_ratio"] == off and r["timing"]["rows"]["onnxruntime/int8/on"]["mac_ratio"] == 1.0
-    assert (out / "slimming.md").read_text().count("|") > 20 and (out / "slimming.png").stat().st_size > 0
+    md = (out / "slimming.md").read_text()
+    assert md.count("|") > 20 and (out / "slimming.png").stat().st_size > 0
+    s = r["systems"]["s"]
+    d = s["mean"]["pesq"] - f["mean"]["pesq"]
+    assert "Every system against `f`" in md and f"| s | {s['macs_per_frame'] / f['macs_per_frame']:.0%} | {d:+.3f} |" in md
+
+
+def test_slimming_reference_must_be_a_system(gated_checkpoint, small_devset, tmp_path, capsys):
+    from benchmarks import slimming
+
+    with pytest.raises(SystemExit):
+        slimming.main(["--devset", str(small_devset), "--gated", f"g={gated_checkpoint}", "--reference", "nope", "--out", str(tmp_path)])
+    assert "--reference nope is not one of" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("spec, message", [("{g}", "static only with fixed gates"), ("{g}@2", "fixed gates are 0s and 1s"),
