@@ -356,7 +356,12 @@ def main(argv=None) -> int:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, args))
     step, best, skipped = 0, -math.inf, 0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError:
+            print(f"error: {last} was saved with another optimiser layout (--policy-lr-scale 1 keeps one group); resume with the options it was started with",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         scheduler.load_state_dict(state["scheduler"])
         step, best, skipped = state["step"], state["best_val_sisdr"], state.get("skipped", 0)
         torch.set_rng_state(state["torch_rng"])

@@ -180,3 +180,11 @@ def test_gated_validation_reports_the_usage_of_inference_gates(tmp_path):
     rows = (tmp_path / "run" / "val.csv").read_text().splitlines()
     assert rows[0].split(",")[-1] == "val_usage"
     assert 0.0 <= float(rows[1].split(",")[-1]) <= 1.0
+
+
+def test_resuming_with_another_optimiser_layout_is_refused(tmp_path, capsys):
+    run = ["--model", "gated-student", "--synthetic", "--steps", "2", "--batch", "2", "--seconds", "1", "--val-every", "100", "--no-progress",
+           "--out", str(tmp_path / "run")]  # fmt: skip
+    assert train.main([*run, "--stop-at", "1"]) == 0
+    assert train.main([*run, "--resume", "--policy-lr-scale", "1"]) == 2
+    assert "another optimiser layout" in capsys.readouterr().err
