@@ -180,6 +180,14 @@ class GateConfig:
     mgt_ovrl: tuple[float, float] = (1.4, 2.8)
     mgt_usage: tuple[float, float] = (1.0, 0.2)
 
+    def forced(self, progress: float, branches: int) -> tuple[float, ...] | None:
+        """The gates of every frame at this point of training (0..1), or None where the policy chooses."""
+        if self.fixed is not None:
+            return self.fixed
+        if progress < self.warmup:
+            return (1.0,) * branches
+        return None
+
     def target(self, ovrl: torch.Tensor | None, batch: int) -> torch.Tensor:
         """Per-example usage target: fixed, or a linear map of the input's OVRL (worse -> more)."""
         if not self.mgt:
@@ -223,11 +231,8 @@ class Objective:
             g = self.gating
             progress = step / max(1, self.total_steps)
             tau = g.tau[0] * (g.tau[1] / g.tau[0]) ** progress
-            forced = None
-            if g.fixed is not None:
-                forced = torch.tensor(g.fixed).expand(ns.shape[0], ns.shape[1], -1)  # [B, T, K]
-            elif progress < g.warmup:
-                forced = torch.ones(ns.shape[0], ns.shape[1], len(model.branches))
+            pattern = g.forced(progress, len(model.branches))
+            forced = None if pattern is None else torch.tensor(pattern).expand(ns.shape[0], ns.shape[1], -1)  # [B, T, K]
             mask, gates, _ = model(ns, tau=tau, gates=forced)  # gates [B, T, K]
             usage = (gates * self.share).sum(-1).mean(-1)  # [B]
             self.usage = usage.mean().item()
@@ -264,18 +269,18 @@ class Objective:
 
 
 @torch.no_grad()
-def validate(model, val, share: torch.Tensor | None = None) -> tuple[float, float, float | None]:
+def validate(model, val, share: torch.Tensor | None = None, pattern: tuple[float, ...] | None = None) -> tuple[float, float, float | None]:
     """Mean SI-SDR of the enhanced validation signals, its improvement over the noisy input and,
-    for a gated model (``share``: each branch's part of the gated MACs), the usage its policy
-    gives them with the hard gates of inference, which can differ from the sampled gates of
-    training."""
+    for a gated model (``share``: each branch's part of the gated MACs), its usage: of the hard
+    gates of inference (which can differ from the sampled gates of training), or of ``pattern``,
+    the gates training forces (fixed gates, all on during warm-up)."""
     model.eval()
     cfg = model.config.stft
     out, gain, usage = [], [], []
     for noisy, clean in val:
         n, c = torch.from_numpy(noisy)[None], torch.from_numpy(clean)[None]
         spec = stft(n, cfg)  # [1, T, F, 2]
-        res = model(spec)
+        res = model(spec) if pattern is None else model(spec, gates=torch.tensor(pattern).expand(1, spec.shape[1], -1))
         mask = res[0] if isinstance(res, tuple) else res
         if share is not None:
             usage.append((res[1] * share).sum(-1).mean().item())  # res[1]: gates [1, T, K]
@@ -472,7 +477,7 @@ def main(argv=None) -> int:
             bar.set_postfix(loss=f"{row['loss']:.4f}", sisdr=f"{row['sisdr']:.1f}dB", lr=f"{row['lr']:.1e}")
             acc = {}
         if step % args.val_every == 0 or step == args.steps:
-            v, vi, vu = validate(model, val, objective.share)
+            v, vi, vu = validate(model, val, objective.share, gating.forced(step / args.steps, len(model.branches)) if gated else None)
             val_log.write({"step": step, "time": round(time.time() - t0, 1), "val_sisdr": v, "val_sisdri": vi, "val_usage": vu})
             tb.add_scalar("val/sisdr", v, step)
             tb.add_scalar("val/sisdri", vi, step)

@@ -188,3 +188,14 @@ def test_resuming_with_another_optimiser_layout_is_refused(tmp_path, capsys):
     assert train.main([*run, "--stop-at", "1"]) == 0
     assert train.main([*run, "--resume", "--policy-lr-scale", "1"]) == 2
     assert "another optimiser layout" in capsys.readouterr().err
+
+
+def test_validation_uses_the_gates_training_forces(tmp_path):
+    """A fixed-gates run is validated with its fixed gates, not with its (untrained) policy."""
+    run = tmp_path / "run"
+    assert train.main(["--model", "gated-student", "--synthetic", "--steps", "2", "--batch", "2", "--seconds", "1", "--val-every", "2",
+                       "--fixed-gates", "0,1", "--no-progress", "--out", str(run)]) == 0  # fmt: skip
+    usage = float((run / "val.csv").read_text().splitlines()[1].split(",")[-1])
+    m = build("gated-student")
+    share = torch.tensor(gated_cost(m)["branches"], dtype=torch.float32)
+    assert usage == pytest.approx((share[1] / share.sum()).item())
