@@ -85,6 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="every step with these gates (1 on, 0 off) and no cost: a static student of the trunk plus the chosen branches")
     g.add_argument("--cost-over", choices=("example", "batch"), default="example",
                    help="usage held to the target per example, or on average over the batch (lets the policy give some mixtures more than others)")
+    g.add_argument("--detach-policy", action="store_true",
+                   help="the policy's gradients (usage cost, straight-through gates) stop at the trunk output it reads instead of reshaping the trunk")
     g.add_argument("--mgt", action="store_true", help="metric-guided: per-mixture usage target from the DNSMOS OVRL of its noisy input")
     g.add_argument("--mgt-ovrl", type=float, nargs=2, default=(1.4, 2.8), metavar=("BAD", "GOOD"), help="OVRL range mapped onto --mgt-usage")
     g.add_argument("--mgt-usage", type=float, nargs=2, default=(1.0, 0.2), metavar=("AT_BAD", "AT_GOOD"), help="usage targets at the ends of --mgt-ovrl")
@@ -179,6 +181,7 @@ class GateConfig:
     mgt: bool = False
     mgt_ovrl: tuple[float, float] = (1.4, 2.8)
     mgt_usage: tuple[float, float] = (1.0, 0.2)
+    detach_policy: bool = False  # the policy's gradients stop at the trunk output it reads
 
     def forced(self, progress: float, branches: int) -> tuple[float, ...] | None:
         """The gates of every frame at this point of training (0..1), or None where the policy chooses."""
@@ -233,7 +236,7 @@ class Objective:
             tau = g.tau[0] * (g.tau[1] / g.tau[0]) ** progress
             pattern = g.forced(progress, len(model.branches))
             forced = None if pattern is None else torch.tensor(pattern).expand(ns.shape[0], ns.shape[1], -1)  # [B, T, K]
-            mask, gates, _ = model(ns, tau=tau, gates=forced)  # gates [B, T, K]
+            mask, gates, _ = model(ns, tau=tau, gates=forced, detach_policy=g.detach_policy)  # gates [B, T, K]
             usage = (gates * self.share).sum(-1).mean(-1)  # [B]
             self.usage = usage.mean().item()
             if forced is None:
@@ -386,7 +389,7 @@ def main(argv=None) -> int:
         gating = branch_macs = None
         if gated:
             gating = GateConfig(args.usage_target, args.cost_weight, tuple(args.tau), args.gate_warmup, args.fixed_gates, args.cost_over,
-                                args.mgt, tuple(args.mgt_ovrl), tuple(args.mgt_usage))  # fmt: skip
+                                args.mgt, tuple(args.mgt_ovrl), tuple(args.mgt_usage), args.detach_policy)  # fmt: skip
             branch_macs = gated_cost(model)["branches"]
             fixed = args.fixed_gates
             if fixed is not None and (len(fixed) != len(branch_macs) or any(v not in (0.0, 1.0) for v in fixed)):

@@ -131,9 +131,11 @@ class GatedCRN(nn.Module):
 
     # ------------------------------------------------------------------ whole sequences
 
-    def forward(self, spec: torch.Tensor, tau: float = 1.0, gates: torch.Tensor | None = None):
+    def forward(self, spec: torch.Tensor, tau: float = 1.0, gates: torch.Tensor | None = None, detach_policy: bool = False):
         """Training/offline pass. Gates are sampled (straight-through Gumbel-sigmoid at temperature
-        ``tau``) in training mode, thresholded at logit 0 in eval mode, or taken from ``gates``."""
+        ``tau``) in training mode, thresholded at logit 0 in eval mode, or taken from ``gates``.
+        ``detach_policy`` stops the policy's gradients (its cost and the straight-through gates) at
+        the trunk output it reads, so that training the policy does not reshape the trunk."""
         B, T = spec.shape[:2]
         x = self.features(spec)  # [B, 3, T, F]
         enc_in = [x]  # input of every trunk encoder layer
@@ -141,7 +143,7 @@ class GatedCRN(nn.Module):
             enc_in.append(self.act(norm(conv(enc_in[-1]))))  # [B, C_l, T, F_l]
         s = enc_in[-1]
         r, _ = self.gru(s.permute(0, 2, 1, 3).flatten(2), self.gru.initial_state(B).to(s))  # [B, T, C*F]
-        logits = self.policy(spec, r)  # [B, T, K]
+        logits = self.policy(spec, r.detach() if detach_policy else r)  # [B, T, K]
         if gates is None:
             gates = gumbel_gates(logits, tau) if self.training else (logits > 0).float()
         u = r.unflatten(-1, (self.config.channels[-1], self.bins[-1])).permute(0, 2, 1, 3)  # [B, C_L, T, F_L]

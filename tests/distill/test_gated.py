@@ -125,6 +125,20 @@ def test_fixed_gates_train_the_chosen_branches_without_cost():
     assert any(p.grad is not None and p.grad.any() for p in m.branches[1].parameters())
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_detached_policy_leaves_the_trunk_to_the_loss(detach):
+    torch.manual_seed(0)
+    m = build("gated-student")
+    gating = train.GateConfig(usage_target=0.1, cost_weight=10.0, detach_policy=detach)
+    obj = train.Objective({}, total_steps=100, gating=gating, branch_macs=gated_cost(m)["branches"])  # the cost alone
+    loss, terms, _ = obj(m, torch.randn(2, 8000) * 0.1, torch.randn(2, 8000) * 0.1, 0)
+    loss.backward()
+    trunk = [p for name, p in m.named_parameters() if name.startswith(("encoder", "enc_norms", "gru"))]
+    assert terms["cost"] > 0
+    assert any(p.grad is not None and p.grad.any() for p in m.policy.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in trunk) != detach
+
+
 def test_cost_over_the_batch_holds_only_the_mean_usage_to_the_mean_target():
     m = build("gated-student")
     share = gated_cost(m)["branches"]
