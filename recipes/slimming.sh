@@ -10,7 +10,8 @@
 #      loss each: the full width again (the reference every gated model is compared with); the
 #      trunk plus branch 1 with fixed gates (the static student of matched MACs); metric-guided
 #      targets (--mgt, OVRL 1.4 -> usage 1.0, 2.8 -> 0.1, and a lower map: 0.9 -> 0.0);
-#      batch-mean usage targets 0.6 and 0.4;
+#      batch-mean usage targets 0.6 and 0.4; the first metric-guided map and 0.6 again with the
+#      policy's gradients stopped at the trunk (--detach-policy);
 #   3. the 0.6 model stripped to assets/checkpoints/gated.pt and exported to runtime/bundles/gated,
 #      then benchmarks.slimming on DEV_FILES dev files (default: all 140).
 # These step counts are what two CPU cores allowed; raise them (PRETRAIN=5000 FINETUNE=3000 ...)
@@ -49,6 +50,9 @@ wait "${pids[@]}"; pids=()
 ft u40 --usage-target 0.4 --cost-over batch "${GATED[@]}"
 ft mgt_low --mgt --mgt-pool 2000 --mgt-usage 0.9 0.0 "${GATED[@]}"
 wait "${pids[@]}"; pids=()
+ft mgt_d --mgt --mgt-pool 2000 --mgt-usage 1.0 0.1 --detach-policy "${GATED[@]}"
+ft u60_d --usage-target 0.6 --cost-over batch --detach-policy "${GATED[@]}"
+wait "${pids[@]}"; pids=()
 
 $PY -m distill.checkpoint strip "$RUNS/g_u60/last.pt" assets/checkpoints/gated.pt
 $PY -m export --checkpoint assets/checkpoints/gated.pt --out runtime/bundles/gated --force \
@@ -58,4 +62,5 @@ $PY -m export --checkpoint assets/checkpoints/gated.pt --out runtime/bundles/gat
 $PY -m benchmarks.slimming --devset data/devset --files "$DEV_FILES" \
     --static full="$RUNS/g_full/last.pt@1,1" matched="$RUNS/g_static/last.pt@0,1" \
     --gated u60="$RUNS/g_u60/last.pt" u40="$RUNS/g_u40/last.pt" mgt="$RUNS/g_mgt/last.pt" mgt_low="$RUNS/g_mgt_low/last.pt" \
+    mgt_d="$RUNS/g_mgt_d/last.pt" u60_d="$RUNS/g_u60_d/last.pt" \
     --reference full --bundle runtime/bundles/gated
