@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from distill import augment as aug
 from runtime.audio import AudioError, list_audio, resample, to_mono
 
 log = logging.getLogger("distill.data")
@@ -124,9 +125,7 @@ class AudioFolder:
             except AudioError:
                 continue
             if loop:
-                start = int(rng.integers(len(x)))
-                reps = math.ceil((length + start) / len(x))
-                return np.tile(x, reps)[start : start + length]
+                return aug.loop(x, length, int(rng.integers(len(x))), int(0.02 * sample_rate))
             out = np.zeros(length, np.float32)
             offset = int(rng.integers(length - len(x) + 1)) if len(x) < length else 0
             out[offset : offset + len(x)] = x[:length]
@@ -159,22 +158,73 @@ class Sampler:
 
 
 class MixtureSampler(Sampler):
-    """Clean speech plus noise from two folders at a random SNR and level."""
+    """Clean speech plus noise from two folders at a random SNR and level, augmented by
+    ``augment`` (rooms from ``rooms``, several noise sources, low-frequency noise, channel,
+    clipping; see :mod:`distill.augment`). The SNR is that of the speech as the microphone hears
+    it (reverberant, where a room is drawn) against the sum of the noise sources."""
 
-    def __init__(self, clean: AudioFolder, noise: AudioFolder, config: MixConfig, seed: int = 0):
+    def __init__(self, clean: AudioFolder, noise: AudioFolder, config: MixConfig, seed: int = 0,
+                 augment: aug.AugmentConfig = aug.NONE, rooms: aug.RirBank | None = None):  # fmt: skip
         super().__init__(config, seed)
         self.clean, self.noise = clean, noise
+        self.augment, self.rooms = augment, rooms
 
     def example(self, rng):
-        c = self.config
+        c, a, sr = self.config, self.augment, self.config.sample_rate
         for _ in range(20):
-            speech = self.clean.segment(rng, c.length, c.sample_rate, loop=False)
+            speech = self.clean.segment(rng, c.length, sr, loop=False)
             if rms(speech) > 1e-4:  # a segment of pure silence has no SNR
                 break
-        noise = self.noise.segment(rng, c.length, c.sample_rate, loop=True)
+        if a == aug.NONE:
+            return self._mix(rng, speech, self._source(rng))
+        if a.speech_highpass_hz:
+            speech = aug.highpass(speech, a.speech_highpass_hz, sr)
+        noise = self._noise(rng)
+        target = speech
+        if self.rooms is not None and _chance(rng, a.reverb):
+            rir_speech, rir_noise = self.rooms.pick(rng)
+            wet = aug.reverberate(speech, rir_speech)
+            target = wet if a.full_target else aug.reverberate(speech, aug.early(rir_speech, sr, a.early_ms))
+            speech = wet
+            if _chance(rng, a.noise_room):
+                noise = aug.reverberate(noise, rir_noise)
+        snr, level = rng.uniform(*c.snr_db), rng.uniform(*c.level_db)
+        noisy = speech + noise * (rms(speech) / rms(noise) * 10 ** (-snr / 20))
+        noisy, target = aug.channel(rng, a, sr, noisy, target)
+        if _chance(rng, a.clip):
+            gain = 10 ** (rng.uniform(1, 12) / 20) / (np.abs(noisy).max() + 1e-12)  # peak driven 1-12 dB past full scale
+            return np.clip(noisy * gain, -1, 1).astype(np.float32), (target * gain).astype(np.float32)
+        gain = min(10 ** (level / 20) / rms(noisy), c.peak / (np.abs(noisy).max() + 1e-12))
+        return (noisy * gain).astype(np.float32), (target * gain).astype(np.float32)
+
+    def _source(self, rng) -> np.ndarray:
+        noise = self.noise.segment(rng, self.config.length, self.config.sample_rate, loop=True)
         if rms(noise) < 1e-7:
-            noise = rng.standard_normal(c.length).astype(np.float32) * 1e-3
-        return self._mix(rng, speech, noise)
+            noise = rng.standard_normal(self.config.length).astype(np.float32) * 1e-3
+        return noise
+
+    def _noise(self, rng) -> np.ndarray:
+        """One to three noise sources at random relative levels, some with a gain envelope, plus
+        (sometimes) rumble, hum or DC. Shape: -> [L]"""
+        c, a = self.config, self.augment
+        total = np.zeros(c.length, np.float32)
+        for k in range(1 + len(a.sources)):
+            if k and not _chance(rng, a.sources[k - 1]):
+                break
+            x = self._source(rng)
+            x = x / rms(x) * (10 ** (rng.uniform(*a.source_gain_db) / 20) if k else 1.0)
+            if _chance(rng, a.envelope):
+                x = x * aug.envelope(rng, c.length, c.sample_rate)
+            total += x
+        if _chance(rng, a.low):
+            total += aug.low_noise(rng, c.length, c.sample_rate) * rms(total) * 10 ** (rng.uniform(-15, 5) / 20)
+        return total
+
+
+def _chance(rng: np.random.Generator, p: float) -> bool:
+    """True with probability ``p``; draws nothing when ``p`` is 0, so a switched-off augmentation
+    leaves every later draw as it was."""
+    return bool(p) and rng.random() < p
 
 
 def _key(path: Path, root: Path) -> str:
