@@ -24,7 +24,9 @@ import torch
 from tqdm import tqdm
 
 from distill import checkpoint
+from distill.augment import NONE, AugmentConfig, RirBank, RoomConfig
 from distill.data import AudioFolder, MixConfig, MixtureSampler, PairedSampler, PooledSampler, SyntheticSampler, paired_files
+from distill.devset import SPLITS, read_list
 from distill.dsp import apply_mask, istft, stft
 from distill.kd import METHODS, KDConfig, dfkd, dispatch_l2, gram_loss, output_kd
 from distill.losses import parse_weights, si_sdr, supervised
@@ -41,14 +43,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("data (one source)")
     g.add_argument("--clean", help="folder of clean speech (any depth, WAV/FLAC/OGG, any rate)")
     g.add_argument("--noise", help="folder of noise recordings")
-    g.add_argument("--exclude", action="append", default=[], help="text file of file names to leave out (e.g. the dev split); repeatable")
+    g.add_argument("--exclude", action="append", default=[], help="text file of file names to leave out; repeatable (the shipped splits are left out anyway)")
+    g.add_argument("--include-held-out", action="store_true", help="train on the files of the shipped dev and dev-ood splits too (distill/splits/*.txt)")
     g.add_argument("--paired", nargs=2, metavar=("NOISY", "CLEAN"), help="paired noisy/clean folders instead of mixing")
     g.add_argument("--synthetic", action="store_true", help="procedural speech-like data (smoke tests)")
     g.add_argument("--seconds", type=float, default=4.0, help="segment length")
-    g.add_argument("--snr", type=float, nargs=2, default=(-5.0, 20.0), metavar=("LO", "HI"))
-    g.add_argument("--level", type=float, nargs=2, default=(-35.0, -15.0), metavar=("LO", "HI"), help="mixture RMS range, dBFS")
+    g.add_argument("--snr", type=float, nargs=2, default=(-10.0, 25.0), metavar=("LO", "HI"), help="speech-to-noise ratio range, dB")
+    g.add_argument("--level", type=float, nargs=2, default=(-45.0, -10.0), metavar=("LO", "HI"), help="mixture RMS range, dBFS")
     g.add_argument("--val-dir", help="folder with noisy/ and clean/ (a rendered dev set) for validation")
-    g.add_argument("--val-files", type=int, default=40, help="validation files taken evenly from --val-dir")
+    g.add_argument("--val-files", type=int, default=40, help="validation files taken evenly from --val-dir (and --val-ood)")
+    g.add_argument("--val-ood", help="a second rendered set (e.g. dev-ood) scored at each validation and logged, never used to pick best.pt")
+    a = AugmentConfig()
+    g = p.add_argument_group("augmentation of --clean/--noise mixtures (probabilities; see README: Training data)")
+    g.add_argument("--no-augment", action="store_true", help="plain mixtures: one noise, no rooms, no channel (the mixer before augmentation)")
+    g.add_argument("--rir", help="folder of measured room impulse responses, drawn beside the simulated rooms")
+    g.add_argument("--rooms", type=int, default=RoomConfig.rooms, help="shoebox rooms simulated once with pyroomacoustics (0: none)")
+    g.add_argument("--room-cache", default="data/rooms", help="where simulated rooms are cached")
+    g.add_argument("--reverb", type=float, default=a.reverb, help="mixtures whose speech is in a room")
+    g.add_argument("--noise-room", type=float, default=a.noise_room, help="of those, mixtures whose noise is reverberant too")
+    g.add_argument("--early-ms", type=float, default=a.early_ms, help="the target keeps the direct path and reflections of this many ms")
+    g.add_argument("--full-reverb-target", action="store_true", help="the target keeps all of the reverberation (no dereverberation)")
+    g.add_argument("--sources", type=float, nargs=2, default=a.sources, metavar=("P2", "P3"), help="chance of a second and of a third noise source")
+    g.add_argument("--envelope", type=float, default=a.envelope, help="noise sources with a random gain envelope")
+    g.add_argument("--low-noise", type=float, default=a.low, help="mixtures with added rumble, mains hum or DC")
+    g.add_argument("--eq", type=float, default=a.eq, help="mixtures with a random EQ (input and target)")
+    g.add_argument("--band-limit", type=float, default=a.band, help="mixtures band-limited (telephone band or low-pass; input and target)")
+    g.add_argument("--clipping", type=float, default=a.clip, help="mixtures whose input is driven into clipping")
+    g.add_argument("--speech-highpass", type=float, default=a.speech_highpass_hz, help="zero-phase high-pass of the clean speech, Hz (0: off)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=20000)
     g.add_argument("--stop-at", type=int, help="checkpoint and stop at this step, keeping the schedule of --steps (continue later with --resume)")
@@ -147,21 +168,42 @@ def make_sampler(args, seed: int):
     return PooledSampler(base, args.mgt_pool, Path(args.mgt_cache), seed, describe=source)
 
 
+def augment_config(args) -> AugmentConfig:
+    if args.no_augment:
+        return NONE
+    return AugmentConfig(reverb=args.reverb if args.rir or args.rooms else 0.0, noise_room=args.noise_room, early_ms=args.early_ms,
+                         full_target=args.full_reverb_target, sources=tuple(args.sources), envelope=args.envelope, low=args.low_noise, eq=args.eq,
+                         band=args.band_limit, clip=args.clipping, speech_highpass_hz=args.speech_highpass)  # fmt: skip
+
+
+def excluded(args) -> set[str]:
+    """File names training leaves out: the shipped splits (unless --include-held-out) and --exclude lists."""
+    lists = [Path(f) for f in args.exclude] + ([] if args.include_held_out else sorted(SPLITS.glob("*.txt")))
+    names: set[str] = set()
+    for f in lists:
+        names |= set(read_list(f))
+    return names
+
+
 def _base_sampler(args, seed: int):
     cfg = MixConfig(seconds=args.seconds, snr_db=tuple(args.snr), level_db=tuple(args.level))
     if args.synthetic:
         return SyntheticSampler(cfg, seed)
     if args.paired:
         return PairedSampler(*args.paired, cfg, seed)
-    exclude: set[str] = set()
-    for f in args.exclude:
-        exclude |= {line.strip() for line in Path(f).read_text().splitlines() if line.strip() and not line.startswith("#")}
-    return MixtureSampler(AudioFolder(args.clean, cfg.min_seconds, exclude), AudioFolder(args.noise, cfg.min_seconds, exclude), cfg, seed)
+    exclude = excluded(args)
+    augment = augment_config(args)
+    rooms = None
+    if augment.reverb:
+        rooms = RirBank.build(args.rir, RoomConfig(rooms=args.rooms), cfg.sample_rate, args.room_cache, exclude)
+        print(f"rooms: {len(rooms.simulated)} simulated, {len(rooms.measured)} measured")
+    return MixtureSampler(AudioFolder(args.clean, cfg.min_seconds, exclude), AudioFolder(args.noise, cfg.min_seconds, exclude), cfg, seed, augment, rooms)
 
 
-def validation_set(args, sampler, sample_rate: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    if args.val_dir:
-        pairs = paired_files(Path(args.val_dir) / "noisy", Path(args.val_dir) / "clean")
+def validation_set(args, sampler, sample_rate: int, folder: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    folder = folder or args.val_dir
+    if folder:
+        pairs = paired_files(Path(folder) / "noisy", Path(folder) / "clean")
         idx = np.linspace(0, len(pairs) - 1, min(args.val_files, len(pairs))).round().astype(int)
         return [(load(pairs[i][0], sample_rate), load(pairs[i][1], sample_rate)) for i in idx]
     noisy, clean = sampler.batch(0, 16, stream=1)[:2]  # a stream training never draws from
@@ -403,13 +445,19 @@ def main(argv=None) -> int:
 
     c = cost(model)
     print(f"model {args.init or args.model}: {c}")
-    val = validation_set(args, sampler, model.config.stft.sample_rate)
+    try:
+        val = validation_set(args, sampler, model.config.stft.sample_rate)
+        val_ood = validation_set(args, sampler, model.config.stft.sample_rate, args.val_ood) if args.val_ood else None
+    except AudioError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from torch.utils.tensorboard import SummaryWriter
 
     tb = SummaryWriter(str(out / "tb"))
     train_log = CsvLog(out / "train.csv", ["step", "time", "lr", "loss", *(f"loss_{k}" for k in objective.term_names), "sisdr", "grad_norm", "skipped",
                                             *(["usage"] if gated else [])])  # fmt: skip
-    val_log = CsvLog(out / "val.csv", ["step", "time", "val_sisdr", "val_sisdri", *(["val_usage"] if gated else [])])
+    val_log = CsvLog(out / "val.csv", ["step", "time", "val_sisdr", "val_sisdri", *(["val_usage"] if gated else []),
+                                        *(["ood_sisdr", "ood_sisdri"] if val_ood else [])])  # fmt: skip
 
     def save(path):
         checkpoint.save(
@@ -480,8 +528,14 @@ def main(argv=None) -> int:
             bar.set_postfix(loss=f"{row['loss']:.4f}", sisdr=f"{row['sisdr']:.1f}dB", lr=f"{row['lr']:.1e}")
             acc = {}
         if step % args.val_every == 0 or step == args.steps:
-            v, vi, vu = validate(model, val, objective.share, gating.forced(step / args.steps, len(model.branches)) if gated else None)
-            val_log.write({"step": step, "time": round(time.time() - t0, 1), "val_sisdr": v, "val_sisdri": vi, "val_usage": vu})
+            pattern = gating.forced(step / args.steps, len(model.branches)) if gated else None
+            v, vi, vu = validate(model, val, objective.share, pattern)
+            row = {"step": step, "time": round(time.time() - t0, 1), "val_sisdr": v, "val_sisdri": vi, "val_usage": vu}
+            if val_ood:
+                row["ood_sisdr"], row["ood_sisdri"], _ = validate(model, val_ood, objective.share, pattern)
+                tb.add_scalar("ood/sisdr", row["ood_sisdr"], step)
+                tqdm.write(f"step {step}: dev-ood SI-SDR {row['ood_sisdr']:.2f} dB ({row['ood_sisdri']:+.2f} dB over noisy)")
+            val_log.write(row)
             tb.add_scalar("val/sisdr", v, step)
             tb.add_scalar("val/sisdri", vi, step)
             if vu is not None:
