@@ -104,3 +104,39 @@ def test_bad_data_source_is_one_clear_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error:") and "no usable audio" in err[0]
     with pytest.raises(SystemExit):
         train.main(["--out", str(tmp_path)])  # no data source: argparse usage error
+
+
+@pytest.fixture
+def mix_folders(tmp_path):
+    from distill.data import synth_noise, synth_speech
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    for d in ("clean", "noise"):
+        (tmp_path / d).mkdir()
+    for i in range(2):
+        sf.write(tmp_path / "clean" / f"u{i}.wav", synth_speech(rng, 24000), 16000)
+        sf.write(tmp_path / "noise" / f"n{i}.wav", synth_noise(rng, 24000), 16000)
+    return tmp_path
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--rir", "missing"], "not a folder"),
+    (["--eq", "1.5"], "probability"),
+])  # fmt: skip
+def test_bad_augmentation_options_are_one_clear_line(mix_folders, capsys, extra, message):
+    base = ["--clean", str(mix_folders / "clean"), "--noise", str(mix_folders / "noise"), "--out", str(mix_folders / "o"), "--rooms", "0"]
+    assert train.main([*base, *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+
+
+def test_augmented_training_runs_and_logs_the_ood_set(mix_folders, small_devset):
+    out = mix_folders / "run"
+    args = ["--clean", str(mix_folders / "clean"), "--noise", str(mix_folders / "noise"), "--rooms", "2", "--room-cache", str(mix_folders / "rc"),
+            "--model", "crn", "--config", TINY, "--steps", "4", "--batch", "2", "--seconds", "0.5", "--val-every", "2", "--threads", "1",
+            "--no-progress", "--val-dir", str(small_devset), "--val-ood", str(small_devset), "--out", str(out)]  # fmt: skip
+    assert train.main(args) == 0
+    rows = _rows(out / "val.csv")
+    assert [r["step"] for r in rows] == ["2", "4"] and all(np.isfinite(float(r["ood_sisdr"])) for r in rows)
+    assert list((mix_folders / "rc").glob("rooms_*.npz"))
