@@ -23,6 +23,16 @@ def si_sdr_loss(est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return -si_sdr(est, ref).mean()
 
 
+def snr_loss(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Negative SNR in dB: like SI-SDR, but the estimate is not rescaled, so a sign flip or a level
+    error costs as much as noise (SI-SDR is blind to both; a model trained on it alone can learn an
+    inverted output).
+
+    Shape: est, ref [B, L] -> scalar
+    """
+    return -(10 * torch.log10(ref.square().sum(-1) / ((est - ref).square().sum(-1) + eps) + eps)).mean()
+
+
 def _compress(spec: torch.Tensor, c: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Magnitude**c and the spectrum rescaled to it. Shape: [B, T, F, 2] -> ([B, T, F], [B, T, F, 2])"""
     mag = spec.square().sum(-1).add(1e-12).sqrt()  # [B, T, F]
@@ -53,7 +63,7 @@ def psa_loss(est: torch.Tensor, ref: torch.Tensor, noisy: torch.Tensor) -> torch
     return (est_mag - target).square().mean() / noisy_mag.square().mean().clamp(min=1e-12)
 
 
-LOSSES = ("sisdr", "spec", "psa")
+LOSSES = ("sisdr", "snr", "spec", "psa")
 
 
 def parse_weights(text: str) -> dict[str, float]:
@@ -77,6 +87,8 @@ def supervised(weights: dict[str, float], est_wav, ref_wav, est_spec, ref_spec, 
     terms = {}
     if "sisdr" in weights:
         terms["sisdr"] = weights["sisdr"] * si_sdr_loss(est_wav, ref_wav)
+    if "snr" in weights:
+        terms["snr"] = weights["snr"] * snr_loss(est_wav, ref_wav)
     if "spec" in weights:
         terms["spec"] = weights["spec"] * spectral_loss(est_spec, ref_spec)
     if "psa" in weights:

@@ -80,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--warmup", type=int, default=500, help="linear warm-up steps before cosine decay")
     g.add_argument("--final-lr", type=float, default=0.02, help="cosine decay ends at this fraction of --lr")
     g.add_argument("--clip", type=float, default=5.0, help="gradient norm clip")
-    g.add_argument("--loss", default="spec=1,sisdr=0.01", help="weighted supervised terms: sisdr, spec, psa")
+    g.add_argument("--loss", default="spec=1,sisdr=0.01", help="weighted supervised terms: sisdr, snr, spec, psa (snr and spec see the sign of the output; sisdr alone does not)")
     g = p.add_argument_group("distillation (see README: Distillation)")
     g.add_argument("--teacher", help="frozen teacher checkpoint")
     g.add_argument("--kd", choices=METHODS, default="none", help="KD method")

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from distill import metrics
-from distill.losses import parse_weights, psa_loss, si_sdr, spectral_loss, supervised
+from distill.losses import parse_weights, psa_loss, si_sdr, si_sdr_loss, snr_loss, spectral_loss, supervised
 
 
 def test_si_sdr_known_values_and_scale_invariance():
@@ -51,3 +51,14 @@ def test_metrics_rank_clean_above_noisy():
     for k in ("pesq", "estoi", "si_sdr", "dnsmos_bak"):
         assert good[k] > bad[k], k
     assert all(1.0 <= r[k] <= 5.0 for r in (good, bad) for k in ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl"))
+
+
+def test_sign_blind_and_sign_aware_losses():
+    torch.manual_seed(1)
+    ref = torch.randn(2, 8000)
+    est = ref + 0.1 * torch.randn(2, 8000)
+    assert si_sdr_loss(-est, ref) == pytest.approx(si_sdr_loss(est, ref).item(), abs=1e-4)  # SI-SDR cannot see the sign
+    assert snr_loss(est, ref) == pytest.approx(-20.0, abs=0.5)
+    assert snr_loss(-est, ref) > 0  # an inverted output is worse than silence
+    spec = torch.randn(1, 10, 161, 2)
+    assert spectral_loss(-spec, spec) > 0.1
