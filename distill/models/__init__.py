@@ -10,6 +10,7 @@ import torch.nn as nn
 from distill.dsp import StftConfig
 from distill.models.crn import CRN, CRNConfig
 from distill.models.gated_crn import GatedCRN, GatedCRNConfig
+from distill.models.layers import BandMatrix
 
 MODELS: dict[str, tuple[type, type]] = {"crn": (CRNConfig, CRN), "gated_crn": (GatedCRNConfig, GatedCRN)}
 
@@ -77,7 +78,8 @@ class Cost:
 
 
 def _count_macs(modules, run) -> int:
-    """MACs of conv and linear layers among ``modules`` while ``run()`` executes."""
+    """MACs of conv, linear and fixed band layers among ``modules`` while ``run()`` executes (a band
+    matrix counts as the dense matrix product the exported graph runs)."""
     macs = 0
 
     def hook(m, inp, out):
@@ -89,8 +91,10 @@ def _count_macs(modules, run) -> int:
             macs += x.numel() * (m.out_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
         elif isinstance(m, nn.Conv2d):
             macs += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, BandMatrix):
+            macs += out[..., m.keep :].numel() * m.weight.shape[1]
 
-    handles = [m.register_forward_hook(hook) for m in modules if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
+    handles = [m.register_forward_hook(hook) for m in modules if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, BandMatrix))]
     try:
         with torch.no_grad():
             run()
@@ -129,7 +133,7 @@ def _gated_parts(model: nn.Module) -> dict:
 
 def cost(model: nn.Module) -> Cost:
     """Parameters and MACs per frame, counted by running one streaming step with hooks on every
-    conv and linear layer, so the numbers follow the layer shapes actually executed (for a gated
+    conv, linear and band layer, so the numbers follow the layer shapes actually executed (for a gated
     model: every branch, i.e. full width). Element-wise ops (activations, gates, mask) are not
     counted."""
     was_training = model.training

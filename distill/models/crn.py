@@ -3,6 +3,11 @@
 Encoder convolutions stride over frequency, a grouped GRU models time at the bottleneck, and a
 mirrored decoder with additive (1x1-scaled) skips returns a bounded complex mask for the noisy
 spectrum. One class covers the ~1.5 M-parameter teacher and the 20-150 k students.
+
+Optionally (``erb_low``) the network runs on a coarser frequency grid, as GTCRN does: the lowest
+bins stay as they are, the rest are merged into ERB-spaced bands by a fixed matrix before the
+encoder, and the decoder's output is interpolated back to every bin by the fixed synthesis matrix
+before the mask bound. ``subband`` also unfolds each band's neighbours into input channels.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from distill.dsp import StftConfig
-from distill.models.layers import CausalConv, GroupedGRU, fold_norms
+from distill.models.layers import BandMatrix, CausalConv, GroupedGRU, SubbandUnfold, erb_weights, fold_norms
 
 
 class CompressedFeatures(nn.Module):
@@ -54,12 +59,24 @@ class CRNConfig:
     rnn_size: int | None = None  # GRU width; None keeps channels[-1] * bottleneck bins (no projection)
     compress: float = 0.3  # power-law exponent applied to the input magnitude
     slope: float = 0.2  # leaky-ReLU negative slope
+    erb_low: int | None = None  # bins kept as they are below the ERB bands; None: no band merging, the encoder sees every bin
+    erb_bands: int = 40  # ERB bands that bins erb_low .. last are merged into (used with erb_low)
+    subband: int = 1  # bands unfolded into the input channels, centred (GTCRN's subband features); 1: none
 
     def __post_init__(self):
         if not self.channels or min(self.channels) < 1:
             raise ValueError(f"channels must be positive, got {self.channels}")
         if self.rnn_layers < 1 or self.rnn_groups < 1:
             raise ValueError("rnn_layers and rnn_groups must be >= 1")
+        if self.erb_low is not None and not (1 <= self.erb_low and 2 <= self.erb_bands < self.stft.bins - self.erb_low):
+            raise ValueError(f"erb_low={self.erb_low}, erb_bands={self.erb_bands}: need 1 <= erb_low and 2 <= erb_bands < {self.stft.bins} - erb_low")
+        if self.subband < 1 or self.subband % 2 == 0:
+            raise ValueError(f"subband must be odd and positive, got {self.subband}")
+
+    @property
+    def bands(self) -> int:
+        """Frequency points the encoder's first layer sees."""
+        return self.stft.bins if self.erb_low is None else self.erb_low + self.erb_bands
 
 
 class CRN(nn.Module):
@@ -68,14 +85,22 @@ class CRN(nn.Module):
     Shape:
         forward: spec [B, T, F, 2] -> mask [B, T, F, 2]
         step: frame [B, F, 2], state -> (mask [B, F, 2], state)
-    with re/im in the last axis and F = config.stft.bins.
+    with re/im in the last axis and F = config.stft.bins. The encoder's first layer sees
+    F_0 = config.bands points (F, or the bands after merging).
     """
 
     def __init__(self, config: CRNConfig):
         super().__init__()
         self.config = c = config
-        bins = [c.stft.bins]
-        widths = (3,) + tuple(c.channels)  # input features: compressed magnitude, re, im
+        if c.erb_low is None:
+            self.merge = self.split = None
+        else:
+            w = erb_weights(c.stft.bins, c.erb_low, c.erb_bands, c.stft.sample_rate)  # [K, F - erb_low]
+            self.merge = BandMatrix(w / w.sum(1, keepdim=True), c.erb_low)  # each band: weighted mean of its bins
+            self.split = BandMatrix(w.t().contiguous(), c.erb_low)  # each bin: interpolated between its two band centres
+        self.unfold = SubbandUnfold(c.subband) if c.subband > 1 else None
+        bins = [c.bands]
+        widths = (3 * c.subband,) + tuple(c.channels)  # input features: compressed magnitude, re, im (x subband)
         self.encoder = nn.ModuleList()
         for cin, cout in zip(widths[:-1], widths[1:]):
             conv = CausalConv(cin, cout, bins[-1])
@@ -100,6 +125,21 @@ class CRN(nn.Module):
         self.bound = BoundedMask()
         self.bins = bins
 
+    def _encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Features on the encoder's grid: bands merged, neighbours unfolded.
+
+        Shape: [B, 3, T, F] -> [B, 3 * subband, T, F_0]
+        """
+        if self.merge is not None:
+            x = self.merge(x)  # [B, 3, T, F_0]
+        if self.unfold is not None:
+            x = self.unfold(x)  # [B, 3 * subband, T, F_0]
+        return x
+
+    def _to_bins(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder output back on every bin. Shape: [B, 2, T, F_0] -> [B, 2, T, F]"""
+        return z if self.split is None else self.split(z)
+
     def _bottleneck(self, x: torch.Tensor) -> torch.Tensor:
         """Flatten channels x bins per frame. Shape: [B, C, T, F] -> [B, T, C*F]"""
         B, C, T, F = x.shape
@@ -112,10 +152,10 @@ class CRN(nn.Module):
 
     def forward(self, spec: torch.Tensor, taps: bool = False):
         """Mask for a whole sequence; with ``taps``, also the activations by name (``enc{l}``,
-        ``rnn``, ``dec{l}``: each [B, C, T, F], ``dec{l}`` on the grid of ``enc{l-1}``) for
-        feature distillation."""
+        ``rnn``, ``dec{l}``: each [B, C, T, F], ``dec{l}`` on the grid of ``enc{l-1}``, ``dec0``
+        on the encoder's input grid) for feature distillation."""
         acts = {}
-        x = self.features(spec)  # [B, 3, T, F]
+        x = self._encoder_input(self.features(spec))  # [B, 3 * subband, T, F_0]
         skips = []
         for conv, norm in zip(self.encoder, self.enc_norms):
             x = self.act(norm(conv(x)))  # [B, C_l, T, F_l]
@@ -134,7 +174,7 @@ class CRN(nn.Module):
             if l > 0:
                 x = self.act(self.dec_norms[l - 1](x))
             acts[f"dec{l}"] = x
-        mask = self.bound(x)  # [B, T, F, 2]
+        mask = self.bound(self._to_bins(x))  # [B, T, F, 2]
         return (mask, acts) if taps else mask
 
     def fold_batchnorm(self) -> "CRN":
@@ -167,6 +207,7 @@ class CRN(nn.Module):
 
         Shape: x [B, 3, 1, F] -> z [B, 2, 1, F]
         """
+        x = self._encoder_input(x)  # [B, 3 * subband, 1, F_0]
         n_enc, n_dec = len(self.encoder), len(self.decoder)
         enc_prev, dec_prev = state[:n_enc], state[n_enc : n_enc + n_dec]
         hidden = state[n_enc + n_dec :]
@@ -190,4 +231,4 @@ class CRN(nn.Module):
             x, new_dec[l] = self.decoder[l].step(x + self.skips[l](skips[l]), dec_prev[l])
             if l > 0:
                 x = self.act(self.dec_norms[l - 1](x))  # [B, C_{l-1}, 1, F_{l-1}]
-        return x, tuple(new_enc) + tuple(new_dec) + tuple(new_h)
+        return self._to_bins(x), tuple(new_enc) + tuple(new_dec) + tuple(new_h)

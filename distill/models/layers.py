@@ -133,3 +133,67 @@ def fold_norms(part: nn.Module) -> None:
     for l in range(1, len(part.decoder)):
         part.decoder[l].conv = fuse_conv_bn_eval(part.decoder[l].conv, part.dec_norms[l - 1], transpose=True)
         part.dec_norms[l - 1] = nn.Identity()
+
+
+def erb_weights(bins: int, low: int, bands: int, sample_rate: int) -> torch.Tensor:
+    """Triangular bands equally spaced on the ERB-rate scale (Glasberg & Moore: 21.4 log10(1 +
+    0.00437 f)) whose centres run from bin ``low`` to the last bin: linear interpolation weights,
+    so every bin's weights sum to one. Raises if two centres are closer than one bin (a band
+    would see no bin of its own).
+
+    Shape: -> [bands, bins - low]
+    """
+    hz = sample_rate / 2 / (bins - 1)  # bin spacing
+    ends = torch.tensor([low, bins - 1], dtype=torch.float64) * hz  # [2] Hz
+    lo, hi = 21.4 * torch.log10(1 + 0.00437 * ends)  # ERB rate of the first and last centre
+    centres = (10 ** (torch.linspace(lo, hi, bands, dtype=torch.float64) / 21.4) - 1) / 0.00437 / hz  # [bands] fractional bins
+    if (centres[1:] - centres[:-1]).min() < 1:
+        raise ValueError(f"{bands} ERB bands above bin {low} are narrower than one bin at the bottom; use fewer bands or a higher erb_low")
+    f = torch.arange(low, bins, dtype=torch.float64)  # [N]
+    k = torch.searchsorted(centres, f, right=True).clamp(1, bands - 1)  # [N] upper neighbour centre
+    frac = (f - centres[k - 1]) / (centres[k] - centres[k - 1])  # [N] 0 at the lower centre, 1 at the upper
+    w = torch.zeros(bands, bins - low, dtype=torch.float64)
+    cols = torch.arange(bins - low)
+    w[k - 1, cols] = 1 - frac
+    w[k, cols] += frac
+    return w.float()
+
+
+class BandMatrix(nn.Module):
+    """A fixed (non-trainable) linear map over the upper part of the frequency axis: the first
+    ``keep`` bins pass unchanged, the rest are multiplied by ``weight``. Band merging (bins ->
+    bands) and its synthesis (bands -> bins) are one of these each.
+
+    Shape: x [B, C, T, keep + weight.shape[1]] -> [B, C, T, keep + weight.shape[0]]
+    """
+
+    def __init__(self, weight: torch.Tensor, keep: int):
+        super().__init__()
+        self.keep = keep
+        self.register_buffer("weight", weight)  # [out, in]; in the state dict, so a checkpoint carries its grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A 1x1 convolution with frequency as channels: litert-torch 0.10 folds the reshapes around a
+        # linear layer on 4-D input into a rank-4 BATCH_MATMUL, which TFLite rejects.
+        hi = x[..., self.keep :].transpose(1, 3)  # [B, in, T, C]
+        y = F.conv2d(hi, self.weight[:, :, None, None]).transpose(1, 3)  # [B, C, T, out]
+        return torch.cat([x[..., : self.keep], y], dim=-1)  # [B, C, T, keep + out]
+
+
+class SubbandUnfold(nn.Module):
+    """Each bin also carries its ``k - 1`` nearest neighbours as channels (zero beyond the edges):
+    GTCRN's subband feature extraction, a copy without arithmetic.
+
+    Shape: x [B, C, T, F] -> [B, k * C, T, F]
+    """
+
+    def __init__(self, k: int):
+        super().__init__()
+        if k < 3 or k % 2 == 0:
+            raise ValueError(f"subband width must be odd and at least 3, got {k}")
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[-1]
+        p = F.pad(x, (self.k // 2, self.k // 2))  # [B, C, T, F + k - 1]
+        return torch.cat([p[..., i : i + n] for i in range(self.k)], dim=1)  # [B, k*C, T, F]
