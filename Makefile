@@ -4,7 +4,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= train,export,runtime,bench,dev
+EXTRAS ?= train,export,runtime,bench,peers,dev
 
 .PHONY: demo test install portaudio clean
 
