@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -105,7 +106,7 @@ def peer_keys(value: str) -> list[str]:
 def open_systems(args) -> tuple[dict[str, System], dict[str, str]]:
     """Our bundles, then the peers that can run here; the others with the reason they cannot."""
     systems, skipped = {}, {}
-    for name, spec in named(args.bundle or [f"default={DEFAULT_BUNDLE}"], "--bundle").items():
+    for name, spec in named(args.bundle or [f"default={os.path.relpath(DEFAULT_BUNDLE)}"], "--bundle").items():
         root, backend, precision = bundle_spec(spec)
         if not root.is_dir():
             raise UsageError(f"--bundle {name}: {root} is not a folder")
@@ -258,6 +259,7 @@ def plot(r: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     markers = "osD^vP*X"
@@ -272,6 +274,9 @@ def plot(r: dict, path: Path) -> None:
                 ax.scatter(x, y, color=colours[i % len(colours)], marker=markers[j % len(markers)], label=set_name if i == 0 else None)
                 ax.annotate(name, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=8)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 3, 5)))  # plain numbers: powers of ten alone leave too few ticks
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("MMAC/s (log scale)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
