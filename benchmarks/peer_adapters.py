@@ -339,9 +339,12 @@ def open_dtln(name: str, folder: Path, quant: bool, threads: int) -> System:
     except BundleError as e:
         raise Unavailable(str(e)) from None
     peer = DtlnPeer(*(interpreter(model_path=str(p), num_threads=threads) for p in paths))
-    counts = [tflite_cost(s.it) for s in peer.stages]
-    macs, params = sum(c[0] for c in counts), sum(c[1] for c in counts)
-    cost = Cost(macs * peer.rate / peer.hop, params, f"counted from {' + '.join(names)} (MACs per shift x shifts per second; weights)")
+    try:
+        counts = [tflite_cost(s.it) for s in peer.stages]
+        macs, params = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        cost = Cost(macs * peer.rate / peer.hop, params, f"counted from {' + '.join(names)} (MACs per shift x shifts per second; weights)")
+    except (AttributeError, Unavailable) as e:  # AttributeError: an interpreter without the op listing tflite_cost reads
+        cost = Cost(None, None, f"not counted ({e})")
     precision = "dynamic-range int8 weights" if quant else "float32"
     return System(name, peer, cost, f"github.com/breizhn/DTLN, {precision}, LiteRT")
 
