@@ -1,5 +1,7 @@
 """The user-facing commands of distill/: evaluate, enhance and the dev-set renderer."""
+import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,19 +40,72 @@ def test_render_is_deterministic(devdir, tmp_path):
     assert np.array_equal(a, b)
 
 
+@pytest.fixture(scope="module")
+def ooddir(devdir):
+    """The same sources rendered as dev-ood renders them: dry or in a room, named in meta.csv."""
+    rng = np.random.default_rng(2)
+    rir = (rng.standard_normal(1600) * np.exp(-np.arange(1600) / 300)).astype(np.float32)
+    rir[0] = 1.0  # the direct path
+    rows = devset.render(devdir / "clean", devdir / "noise", devdir / "ood", ["libri_0-1-0000.flac", "libri_1-1-0000.flac"], ["hum.wav"], 4.6,
+                         seed=3, rooms={"sim": [("sim1001_00", rir, rir)]})  # fmt: skip
+    assert {r["room"] for r in rows} == {"dry", "sim1001_00"}, "the test needs both kinds of row"
+    return devdir / "ood"
+
+
 def test_evaluate_reports_noisy_and_model_per_snr(devdir, ckpt, tmp_path, capsys):
     out = tmp_path / "r.json"
     assert evaluate.main(["--data", str(devdir / "set"), "--checkpoint", str(ckpt), "--json", str(out), "--save-enhanced", str(tmp_path / "enh")]) == 0
-    res = json.loads(out.read_text())
+    res = json.loads(out.read_text())["sets"]["set"]  # --data DIR: one set named after the folder
     assert res["files"] == 10 and set(res["systems"]) == {"noisy", "tiny"}
     for system in res["systems"].values():
         assert set(system["mean"]) == set(evaluate.METRICS)
         assert sorted(system["by_snr"], key=float) == [str(s) for s in devset.SNRS]
+        assert "by_room" not in system, "the in-domain set names no rooms"
     # files enhanced elsewhere score the same as the checkpoint that made them
     assert evaluate.main(["--data", str(devdir / "set"), "--enhanced", f"saved={tmp_path / 'enh' / 'tiny'}", "--json", str(out), "--no-dnsmos"]) == 0
-    again = json.loads(out.read_text())["systems"]["saved"]["mean"]
+    again = json.loads(out.read_text())["sets"]["set"]["systems"]["saved"]["mean"]
     assert again["si_sdr"] == pytest.approx(res["systems"]["tiny"]["mean"]["si_sdr"], abs=0.05)
     assert "| noisy |" in capsys.readouterr().out
+
+
+def test_evaluate_scores_every_set_and_splits_rooms(devdir, ooddir, ckpt, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    argv = ["--set", f"dev={devdir / 'set'}", "--set", f"dev-ood={ooddir}", "--checkpoint", str(ckpt), "--json", str(out), "--no-dnsmos"]
+    assert evaluate.main(argv) == 0
+    stdout = capsys.readouterr().out
+    sets = json.loads(out.read_text())["sets"]
+    assert list(sets) == ["dev", "dev-ood"]
+    for name, root in (("dev", devdir / "set"), ("dev-ood", ooddir)):
+        assert f"## {name}: 10 files from {root / 'noisy'}" in stdout
+        assert set(sets[name]["systems"]) == {"noisy", "tiny"} and sets[name]["files"] == 10
+    # the split follows meta.csv's room column: the means of exactly its dry and its room rows
+    with (ooddir / "meta.csv").open() as f:
+        wet = {Path(r["file"]).stem: r["room"] != "dry" for r in csv.DictReader(f)}
+    for system in sets["dev-ood"]["systems"].values():
+        for kind, is_wet in (("dry", False), ("reverberant", True)):
+            sisdr = [m["si_sdr"] for k, m in system["per_file"].items() if wet[k] == is_wet]
+            assert system["by_room"][kind]["si_sdr"] == pytest.approx(np.mean(sisdr))
+    assert f"\ndry ({list(wet.values()).count(False)} files)\n" in stdout and f"\nreverberant ({list(wet.values()).count(True)} files)\n" in stdout
+    assert stdout.count("\ndry (") == 1, "only dev-ood has rooms"
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["--set", "dev="], "takes NAME=DIR or DIR"),
+        (["--set", "={set}"], "takes NAME=DIR or DIR"),
+        (["--set", "a={set}", "--set", "a={ood}"], "two sets are named 'a'"),
+        (["--data", "{set}", "--set", "set={ood}"], "two sets are named 'set'"),
+        (["--set", "a={root}"], "no noisy/ and clean/ folders"),
+        (["--set", "a={set}", "--set", "b={ood}", "--save-enhanced", "{tmp}"], "both have a file"),
+    ],
+)
+def test_evaluate_bad_sets_are_one_clear_line(devdir, ooddir, tmp_path, capsys, sets, message):
+    argv = [a.format(set=devdir / "set", ood=ooddir, root=devdir, tmp=tmp_path / "enh") for a in sets]
+    assert evaluate.main([*argv, "--no-dnsmos"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+    assert not (tmp_path / "enh").exists()
 
 
 def test_enhance_any_rate_and_channels(ckpt, tmp_path, capsys):
