@@ -1,11 +1,12 @@
 """KD ablation: the same students, data, steps and seeds under each distillation method.
 
-``python -m benchmarks.kd_ablation --data ../shared/data --teacher TEACHER.pt --devset data/devset``
+``python -m benchmarks.kd_ablation --data ../shared/data --teacher TEACHER.pt --devset dev=data/devset --devset dev-ood=data/dev-ood``
 
 Trains every (student size, method, seed) with ``distill.train`` into ``OUT/runs/...``, skipping
 finished runs and resuming interrupted ones (so the ablation can be spread over several sittings),
-scores each on the dev test set (PESQ, ESTOI, SI-SDR, DNSMOS OVRL; overall and at -5 dB input
-SNR), and writes ``OUT/results.md``, ``results.json``, ``results.png`` and ``commands.md``.
+validating on the first ``--devset``; scores each on every ``--devset`` (PESQ, ESTOI, SI-SDR,
+DNSMOS OVRL; overall and at -5 dB input SNR), and writes ``OUT/results.md`` (a table per set),
+``results.json``, ``results.png`` and ``commands.md``.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from distill import checkpoint, train
-from distill.evaluate import enhancer, read_set, read_snrs, score, summarise
+from distill.evaluate import EvalSet, SetError, enhancer, parse_sets, read_eval_sets, score
+from runtime.audio import AudioError
 from runtime.bundle import sha256
 
 # The KD weight of each method puts its term at about the size of the supervised loss at the start
@@ -37,7 +39,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.kd_ablation", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, type=Path, help="folder with clean/ and noise/")
     p.add_argument("--teacher", required=True, type=Path)
-    p.add_argument("--devset", required=True, type=Path, help="rendered dev test set (python -m distill.devset render)")
+    p.add_argument("--devset", required=True, action="append", metavar="[NAME=]DIR",
+                   help="rendered test set (python -m distill.devset render / render-ood), named after its folder unless NAME= is given; "
+                   "repeatable: every run is scored on each, and validated on the first")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "kd_ablation")
     p.add_argument("--sizes", default="student,student-30k")
     p.add_argument("--methods", default=",".join(METHODS))
@@ -45,17 +49,17 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--files", type=int, help="score this many dev files, spread over the set (default: all)")
+    p.add_argument("--files", type=int, help="score this many files of each set, spread over it (default: all)")
     p.add_argument("--eval-only", action="store_true", help="score finished runs, train nothing")
     return p.parse_args(argv)
 
 
-def train_args(args, size: str, method: str, seed: int, out: Path) -> list[str]:
+def train_args(args, size: str, method: str, seed: int, out: Path, val_dir: Path) -> list[str]:
     base = [
         "--model", size, "--clean", str(args.data / "clean"), "--noise", str(args.data / "noise"),
         "--exclude", "distill/splits/dev_clean.txt", "--exclude", "distill/splits/dev_noise.txt",
         "--steps", str(args.steps), "--batch", str(args.batch), "--warmup", str(max(args.steps // 10, 1)),
-        "--seed", str(seed), "--threads", str(args.threads), "--val-dir", str(args.devset), "--val-files", "20",
+        "--seed", str(seed), "--threads", str(args.threads), "--val-dir", str(val_dir), "--val-files", "20",
         "--val-every", str(args.steps), "--ckpt-every", "50", "--out", str(out), "--resume", "--no-progress",
     ]  # fmt: skip
     return base + (["--teacher", str(args.teacher)] if METHODS[method] else []) + METHODS[method]
@@ -74,13 +78,19 @@ def main(argv=None) -> int:
     if unknown:
         print(f"error: unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}", file=sys.stderr)
         return 2
+    try:
+        sets = parse_sets(args.devset, "--devset")
+    except SetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    val_dir = next(iter(sets.values()))
     args.out.mkdir(parents=True, exist_ok=True)
     commands = []
     for size in sizes:
         for method in methods:
             for seed in args.seeds:
                 run = args.out / "runs" / size / method / f"seed{seed}"
-                argv_run = train_args(args, size, method, seed, run)
+                argv_run = train_args(args, size, method, seed, run, val_dir)
                 commands.append("python -m distill.train " + " ".join(argv_run))
                 if args.eval_only or finished(run, args.steps):
                     continue
@@ -90,48 +100,62 @@ def main(argv=None) -> int:
                 if code:
                     print(f"error: run {run} stopped with exit code {code}; run the ablation again to resume it", file=sys.stderr)
                     return code
+    driver = ["python -m benchmarks.kd_ablation", f"--data {args.data}", f"--teacher {args.teacher}"]
+    driver += [f"--devset {d}" for d in args.devset]
+    driver += [f"--sizes {args.sizes}", f"--methods {args.methods}", f"--steps {args.steps}", f"--batch {args.batch}"]
+    driver += ["--seeds " + " ".join(map(str, args.seeds))] + ([f"--files {args.files}"] if args.files else [])
     (args.out / "commands.md").write_text(
         "# Commands of the KD ablation\n\n"
-        f"Driver: `python -m benchmarks.kd_ablation --data {args.data} --teacher {args.teacher} --devset {args.devset} "
-        f"--sizes {args.sizes} --methods {args.methods} --steps {args.steps} --batch {args.batch} --seeds {' '.join(map(str, args.seeds))}"
-        + (f" --files {args.files}" if args.files else "") + "`\n\n"
+        f"Driver: `{' '.join(driver)}`\n\n"
         f"Teacher: `{args.teacher}` (sha256 `{sha256(args.teacher)}`, step {checkpoint.read(args.teacher).get('step')})\n\n"
         "Each run:\n\n```sh\n" + "\n".join(commands) + "\n```\n"
     )
-    return evaluate(args, sizes, methods)
+    return evaluate(args, sizes, methods, sets)
 
 
-def evaluate(args, sizes, methods) -> int:
-    items = read_set(args.devset / "noisy", args.devset / "clean", args.files)  # spread: mixes utterances and SNRs
-    snr_of = read_snrs(args.devset)
-    cache = args.out / "scores" / f"{len(items)}-files"
+def evaluate(args, sizes, methods, sets: dict[str, Path]) -> int:
+    try:
+        data = read_eval_sets(sets, args.files)  # spread: mixes utterances and SNRs
+    except (SetError, AudioError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    results = {name: {"dir": str(sets[name]), **score_set(args, sizes, methods, name, ds)} for name, ds in data.items()}
+    summary = {"steps": args.steps, "batch": args.batch, "seeds": args.seeds, "sets": results}
+    (args.out / "results.json").write_text(json.dumps(summary, indent=1))
+    md = markdown(results, args)
+    (args.out / "results.md").write_text(md)
+    plot(results, args.out / "results.png")
+    print(md)
+    return 0
+
+
+def score_set(args, sizes, methods, name: str, ds: EvalSet) -> dict:
+    """The noisy input and every finished run scored on one set, with the table over seeds; the
+    scores are cached per set and number of files, so a rerun only scores what is new."""
+    cache = args.out / "scores" / name / f"{len(ds.items)}-files"
     cache.mkdir(parents=True, exist_ok=True)
 
-    def cached(name, fn):
-        path = cache / f"{name.replace('/', '_')}.json"
+    def cached(system: str, run: Path | None = None) -> dict:
+        """Per-file scores of the noisy input (no run) or of a run's last checkpoint, computed once."""
+        path = cache / f"{system.replace('/', '_')}.json"
         if not path.is_file():
-            path.write_text(json.dumps(fn()))
+            enhance = enhancer(checkpoint.load_model(run / "last.pt")) if run else None
+            path.write_text(json.dumps(score(ds.items, enhance, True, f"{name}: {system}")))
         return json.loads(path.read_text())
 
-    noisy = summarise(cached("noisy", lambda: score(items, None, True, "noisy")), snr_of)
-    results = {"noisy": noisy, "runs": {}}
+    noisy = ds.summarise(cached("noisy"))
+    results = {"files": len(ds.items), "noisy": noisy, "runs": {}}
     for size in sizes:
         for method in methods:
             for seed in args.seeds:
                 run = args.out / "runs" / size / method / f"seed{seed}"
                 if not finished(run, args.steps):
-                    print(f"note: {run} is not finished; left out of the table")
+                    print(f"note: {run} is not finished; left out of the {name} table")
                     continue
-                name = f"{size}/{method}/seed{seed}"
-                per_file = cached(name, lambda run=run, name=name: score(items, enhancer(checkpoint.load_model(run / "last.pt")), True, name))
-                results["runs"][name] = summarise(per_file, snr_of)
-    table = aggregate(results, sizes, methods, args.seeds)
-    (args.out / "results.json").write_text(json.dumps({"steps": args.steps, "batch": args.batch, "seeds": args.seeds, "table": table, **results}, indent=1))
-    md = markdown(table, noisy, len(items), args)
-    (args.out / "results.md").write_text(md)
-    plot(table, noisy, args.out / "results.png")
-    print(md)
-    return 0
+                system = f"{size}/{method}/seed{seed}"
+                results["runs"][system] = ds.summarise(cached(system, run))
+    results["table"] = aggregate(results, sizes, methods, args.seeds)
+    return results
 
 
 def _at(summary: dict, scope: str) -> dict:
@@ -159,37 +183,42 @@ def aggregate(results, sizes, methods, seeds) -> dict:
     return table
 
 
-def markdown(table, noisy, files, args) -> str:
+def markdown(results: dict, args) -> str:
     head = ["PESQ", "ESTOI", "SI-SDR", "OVRL"]
-    lines = [
-        f"Dev test set ({files} files), mean ± spread over {len(args.seeds)} seeds; each run {args.steps} steps of {args.batch} x 4 s.",
-        "",
-        "| student | method | " + " | ".join(head) + " | " + " | ".join(f"{h} @-5 dB" for h in head) + " |",
-        "|---|---|" + "---:|" * 8,
-    ]
-    n, n5 = noisy["mean"], _at(noisy, "-5")
-    lines.append("| (noisy input) | | " + " | ".join(f"{n[m]:.3f}" if m != "si_sdr" else f"{n[m]:.2f}" for m in METRICS) + " | "
-                 + " | ".join(f"{n5[m]:.3f}" if m != "si_sdr" else f"{n5[m]:.2f}" for m in METRICS) + " |")  # fmt: skip
-    for key, row in table.items():
-        size, method = key.split("/")
-        cells = []
-        for scope in ("mean", "-5"):
-            for m in METRICS:
-                mu, sd = row[f"{scope}/{m}"]
-                cells.append(f"{mu:.2f} ± {sd:.2f}" if m == "si_sdr" else f"{mu:.3f} ± {sd:.3f}")
-        lines.append(f"| {size} | {method} | " + " | ".join(cells) + " |")
+    lines = [f"Mean ± spread over {len(args.seeds)} seeds; each run {args.steps} steps of {args.batch} x 4 s."]
+    for name, r in results.items():
+        lines += [
+            "",
+            f"## {name}: {r['dir']} ({r['files']} files)",
+            "",
+            "| student | method | " + " | ".join(head) + " | " + " | ".join(f"{h} @-5 dB" for h in head) + " |",
+            "|---|---|" + "---:|" * 8,
+        ]
+        n, n5 = r["noisy"]["mean"], _at(r["noisy"], "-5")
+        lines.append("| (noisy input) | | " + " | ".join(f"{n[m]:.3f}" if m != "si_sdr" else f"{n[m]:.2f}" for m in METRICS) + " | "
+                     + " | ".join(f"{n5[m]:.3f}" if m != "si_sdr" else f"{n5[m]:.2f}" for m in METRICS) + " |")  # fmt: skip
+        for key, row in r["table"].items():
+            size, method = key.split("/")
+            cells = []
+            for scope in ("mean", "-5"):
+                for m in METRICS:
+                    mu, sd = row[f"{scope}/{m}"]
+                    cells.append(f"{mu:.2f} ± {sd:.2f}" if m == "si_sdr" else f"{mu:.3f} ± {sd:.3f}")
+            lines.append(f"| {size} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot(table, noisy, path: Path) -> None:
+def plot(results: dict, path: Path) -> None:
+    """One row of bars per set and student size, one column per metric; dashed: the noisy input."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = sorted({k.split("/")[0] for k in table})
-    fig, axes = plt.subplots(len(sizes), len(METRICS), figsize=(4 * len(METRICS), 3 * len(sizes)), squeeze=False)
-    for i, size in enumerate(sizes):
+    rows = [(name, size) for name, r in results.items() for size in sorted({k.split("/")[0] for k in r["table"]})]
+    fig, axes = plt.subplots(len(rows), len(METRICS), figsize=(4 * len(METRICS), 3 * len(rows)), squeeze=False)
+    for i, (name, size) in enumerate(rows):
+        table, noisy = results[name]["table"], results[name]["noisy"]
         keys = [k for k in table if k.startswith(size + "/")]
         for j, m in enumerate(METRICS):
             ax = axes[i][j]
@@ -200,7 +229,7 @@ def plot(table, noisy, path: Path) -> None:
             ax.set_xticks(range(len(keys)), [k.split("/")[1] for k in keys], rotation=45, ha="right")
             lo = min(mu) - 2 * max(sd + [1e-3])
             ax.set_ylim(bottom=min(lo, noisy["mean"][m]) * 0.98 if m != "si_sdr" else None)
-            ax.set_title(f"{size}: {m}")
+            ax.set_title(f"{name}, {size}: {m}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,15 +1,16 @@
 """Dynamic slimming: quality against the MACs actually executed, gate usage against how bad the
 input is, and the per-frame time the runtime saves by skipping closed branches.
 
-``python -m benchmarks.slimming --devset data/devset --gated NAME=CKPT [...] [--static NAME=CKPT[@G0,G1,...] ...] [--reference NAME] [--bundle GATED_BUNDLE]``
+``python -m benchmarks.slimming --devset dev=data/devset [--devset dev-ood=data/dev-ood ...] --gated NAME=CKPT [...]
+[--static NAME=CKPT[@G0,G1,...] ...] [--reference NAME] [--bundle GATED_BUNDLE]``
 
-- Quality (PESQ, ESTOI, SI-SDR, DNSMOS OVRL) of every system on the dev test set, offline, against
+- Quality (PESQ, ESTOI, SI-SDR, DNSMOS OVRL) of every system on each ``--devset``, offline, against
   its mean MACs per frame: static models cost what ``distill.models.cost`` counts; a gated model
   executes trunk + policy + the branches its policy opens (its "all on" row is its full width).
   A gated checkpoint trained with fixed gates (``distill.train --fixed-gates``) is a static model
   too: ``--static NAME=CKPT@0,1`` scores it with those gates and counts trunk + its branches.
 - Gate usage (executed MACs over all-on MACs) of every gated model per input SNR and against the
-  DNSMOS OVRL of the noisy input.
+  DNSMOS OVRL of the noisy input, set by set.
 - With ``--bundle``: the runtime's per-frame time with the branches all on, all off and driven by
   the policy, in round-robin blocks, as medians and ratios.
 
@@ -29,11 +30,11 @@ from scipy.stats import spearmanr
 from benchmarks.latency import SAMPLE
 from distill import checkpoint
 from distill.dsp import apply_mask, istft, stft
-from distill.evaluate import enhancer, read_set, read_snrs, score, summarise
+from distill.evaluate import EvalSet, SetError, enhancer, parse_sets, read_eval_sets, score
 from distill.models import cost, gated_cost
 from distill.models.gated_crn import GatedCRN
 from runtime import report
-from runtime.audio import load
+from runtime.audio import AudioError, load
 from runtime.backends import GATE_MODES, open_runner
 from runtime.bundle import Bundle, BundleError
 from runtime.engine import Engine
@@ -53,12 +54,14 @@ def named(values: list[str], flag: str) -> dict[str, Path]:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.slimming", description=__doc__.split("\n\n")[0])
-    p.add_argument("--devset", type=Path, help="rendered dev test set (python -m distill.devset render); needed by --gated and --static")
+    p.add_argument("--devset", action="append", default=[], metavar="[NAME=]DIR",
+                   help="rendered test set (python -m distill.devset render / render-ood), named after its folder unless NAME= is given; "
+                   "repeatable; needed by --gated and --static")  # fmt: skip
     p.add_argument("--gated", nargs="+", default=[], metavar="NAME=CKPT", help="gated checkpoints")
     p.add_argument("--static", nargs="*", default=[], metavar="NAME=CKPT[@GATES]",
                    help="static checkpoints to compare with; @0,1 marks a gated one trained with --fixed-gates 0,1")
     p.add_argument("--reference", metavar="NAME", help="a --static or --gated name every other system is compared with (MAC ratio, metric differences)")
-    p.add_argument("--files", type=int, help="score this many dev files, spread over the set (default: all)")
+    p.add_argument("--files", type=int, help="score this many files of each set, spread over it (default: all)")
     p.add_argument("--bundle", type=Path, help="gated bundle whose runtime per-frame time is measured")
     p.add_argument("--timing", default="litert/int8,onnxruntime/fp32", help="backend/precision pairs timed with --bundle")
     p.add_argument("--seconds", type=float, default=10.0, help="audio streamed per timing configuration and round")
@@ -131,29 +134,29 @@ def load_models(args) -> tuple[dict, dict]:
     return static, gated
 
 
-def quality(static: dict, gated: dict, items, snr_of) -> tuple[dict, dict]:
-    """Scores and mean executed MACs per frame of every system; per-file MACs of gated ones."""
+def quality(static: dict, gated: dict, ds: EvalSet, label: str) -> tuple[dict, dict]:
+    """Scores on one set and mean executed MACs per frame of every system; per-file MACs of gated ones."""
     systems, per_file_macs = {}, {}
     for name, (path, model, pattern) in static.items():
         if pattern is None:
-            s = summarise(score(items, enhancer(model), True, name), snr_of)
+            s = ds.summarise(score(ds.items, enhancer(model), True, f"{label}: {name}"))
             systems[name] = {"kind": "static", "checkpoint": str(path), "macs_per_frame": cost(model).macs_per_frame, **s}
             continue
         usage: list[float] = []
         macs = gated_cost(model)
         full = macs["trunk"] + macs["policy"] + sum(macs["branches"])
-        s = summarise(score(items, gated_enhancer(model, pattern, usage, macs), True, name), snr_of)
+        s = ds.summarise(score(ds.items, gated_enhancer(model, pattern, usage, macs), True, f"{label}: {name}"))
         systems[name] = {"kind": "static", "checkpoint": str(path), "gates": list(pattern), "macs_per_frame": usage[0], "macs_all_on": full,
                          "mac_ratio": usage[0] / full, **s}  # fmt: skip
     for name, (path, model) in gated.items():
         macs = gated_cost(model)
         full = macs["trunk"] + macs["policy"] + sum(macs["branches"])
-        for gates, label in (("on", f"{name} (all on)"), ("policy", name)):
+        for gates, system in (("on", f"{name} (all on)"), ("policy", name)):
             usage: list[float] = []
-            s = summarise(score(items, gated_enhancer(model, gates, usage, macs), True, label), snr_of)
-            per_file_macs[label] = dict(zip((key for key, _, _ in items), usage))
+            s = ds.summarise(score(ds.items, gated_enhancer(model, gates, usage, macs), True, f"{label}: {system}"))
+            per_file_macs[system] = dict(zip((key for key, _, _ in ds.items), usage))
             mean = float(np.mean(usage))
-            systems[label] = {"kind": "gated", "gates": gates, "checkpoint": str(path), "macs_per_frame": mean, "macs_all_on": full, "mac_ratio": mean / full, **s}
+            systems[system] = {"kind": "gated", "gates": gates, "checkpoint": str(path), "macs_per_frame": mean, "macs_all_on": full, "mac_ratio": mean / full, **s}
     return systems, per_file_macs
 
 
@@ -224,45 +227,53 @@ def timing(args) -> dict:
     return {"bundle": str(args.bundle), "seconds": args.seconds, "rounds": args.rounds, "audio": SAMPLE.name, "machine": report.machine(), "rows": rows}
 
 
-def markdown(result: dict) -> str:
-    lines = []
-    systems = result.get("systems", {})
-    if systems:
-        lines += [
-            f"Dev test set ({result['files']} files), offline. MACs: per frame, executed (gated: trunk + policy + open branches).",
-            "",
-            "| system | MACs/frame (k) | PESQ | ESTOI | SI-SDR (dB) | OVRL |",
-            "|---|---:|---:|---:|---:|---:|",
-            f"| (noisy input) | | {result['noisy']['pesq']:.3f} | {result['noisy']['estoi']:.3f} | {result['noisy']['si_sdr']:.2f} | {result['noisy']['dnsmos_ovrl']:.3f} |",
-        ]
-        for name, s in systems.items():
-            m = s["mean"]
-            share = f" ({s['mac_ratio']:.0%})" if "mac_ratio" in s else ""
-            lines.append(f"| {name} | {s['macs_per_frame'] / 1e3:.1f}{share} | {m['pesq']:.3f} | {m['estoi']:.3f} | {m['si_sdr']:.2f} | {m['dnsmos_ovrl']:.3f} |")
-        against = [(n, s, systems.get(f"{n} (all on)")) for n, s in systems.items() if s.get("gates") == "policy"]
-        if against:
-            lines += ["", "Each gated model against its own full width (all on):", "",
-                      "| system | executed / all-on MACs | ΔPESQ | ΔSI-SDR (dB) |", "|---|---:|---:|---:|"]  # fmt: skip
-            for n, s, full in against:
-                if full is not None:
-                    d = {k: s["mean"][k] - full["mean"][k] for k in ("pesq", "si_sdr")}
-                    lines.append(f"| {n} | {s['mac_ratio']:.0%} | {d['pesq']:+.3f} | {d['si_sdr']:+.2f} |")
-        ref = systems.get(result.get("reference") or "")
-        if ref is not None:
-            lines += ["", f"Every system against `{result['reference']}`:", "",
-                      "| system | MACs / reference | ΔPESQ | ΔESTOI | ΔSI-SDR (dB) | ΔOVRL |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-            for n, s in systems.items():
-                if n != result["reference"]:
-                    d = {k: s["mean"][k] - ref["mean"][k] for k in METRICS}
-                    lines.append(f"| {n} | {s['macs_per_frame'] / ref['macs_per_frame']:.0%} | {d['pesq']:+.3f} | {d['estoi']:+.3f} | "
-                                 f"{d['si_sdr']:+.2f} | {d['dnsmos_ovrl']:+.3f} |")  # fmt: skip
-    for name, u in result.get("usage", {}).items():
-        lines += ["", f"Executed MACs / all-on MACs of `{name}` by input SNR (dB): "
+def set_markdown(name: str, result: dict, reference: str | None) -> list[str]:
+    """The quality and gate-usage tables of one set."""
+    systems, noisy = result["systems"], result["noisy"]
+    lines = [
+        f"## {name}: {result['dir']} ({result['files']} files)",
+        "",
+        "Offline. MACs: per frame, executed (gated: trunk + policy + open branches).",
+        "",
+        "| system | MACs/frame (k) | PESQ | ESTOI | SI-SDR (dB) | OVRL |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| (noisy input) | | {noisy['pesq']:.3f} | {noisy['estoi']:.3f} | {noisy['si_sdr']:.2f} | {noisy['dnsmos_ovrl']:.3f} |",
+    ]
+    for n, s in systems.items():
+        m = s["mean"]
+        share = f" ({s['mac_ratio']:.0%})" if "mac_ratio" in s else ""
+        lines.append(f"| {n} | {s['macs_per_frame'] / 1e3:.1f}{share} | {m['pesq']:.3f} | {m['estoi']:.3f} | {m['si_sdr']:.2f} | {m['dnsmos_ovrl']:.3f} |")
+    against = [(n, s, systems.get(f"{n} (all on)")) for n, s in systems.items() if s.get("gates") == "policy"]
+    if against:
+        lines += ["", "Each gated model against its own full width (all on):", "",
+                  "| system | executed / all-on MACs | ΔPESQ | ΔSI-SDR (dB) |", "|---|---:|---:|---:|"]  # fmt: skip
+        for n, s, full in against:
+            if full is not None:
+                d = {k: s["mean"][k] - full["mean"][k] for k in ("pesq", "si_sdr")}
+                lines.append(f"| {n} | {s['mac_ratio']:.0%} | {d['pesq']:+.3f} | {d['si_sdr']:+.2f} |")
+    ref = systems.get(reference or "")
+    if ref is not None:
+        lines += ["", f"Every system against `{reference}`:", "",
+                  "| system | MACs / reference | ΔPESQ | ΔESTOI | ΔSI-SDR (dB) | ΔOVRL |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for n, s in systems.items():
+            if n != reference:
+                d = {k: s["mean"][k] - ref["mean"][k] for k in METRICS}
+                lines.append(f"| {n} | {s['macs_per_frame'] / ref['macs_per_frame']:.0%} | {d['pesq']:+.3f} | {d['estoi']:+.3f} | "
+                             f"{d['si_sdr']:+.2f} | {d['dnsmos_ovrl']:+.3f} |")  # fmt: skip
+    for n, u in result["usage"].items():
+        lines += ["", f"Executed MACs / all-on MACs of `{n}` by input SNR (dB): "
                   + ", ".join(f"{s}: {r:.2f}" for s, r in u["by_snr"].items())
                   + "; by input OVRL tercile (worst first): "
                   + ", ".join(f"{t['ovrl'][0]:.2f}-{t['ovrl'][1]:.2f}: {t['mac_ratio']:.2f}" for t in u["by_input_ovrl_tercile"])
                   + (f"; Spearman rho against input OVRL {u['spearman_vs_input_ovrl']:+.2f}." if np.isfinite(u["spearman_vs_input_ovrl"])
                      else "; usage is the same for every file, so it has no rank correlation with input OVRL.")]  # fmt: skip
+    return lines
+
+
+def markdown(result: dict) -> str:
+    lines = []
+    for name, s in result.get("sets", {}).items():
+        lines += ([""] if lines else []) + set_markdown(name, s, result.get("reference"))
     t = result.get("timing")
     if t:
         lines += [
@@ -287,46 +298,49 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = []
-    if result.get("systems"):
-        panels += [("quality", "pesq", "PESQ"), ("quality", "si_sdr", "SI-SDR (dB)")]
-    if result.get("usage"):
-        panels += [("snr",), ("ovrl",)]
+    rows = []  # one row of panels per set, then one for the timing
+    for name, r in result.get("sets", {}).items():
+        usage = [("snr", name), ("ovrl", name)] if r["usage"] else []
+        rows.append([("quality", name, "pesq", "PESQ"), ("quality", name, "si_sdr", "SI-SDR (dB)"), *usage])
     if result.get("timing"):
-        panels += [("timing",)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for ax, (kind, *what) in zip(axes[0], panels):
-        if kind == "quality":
-            metric, label = what
-            for name, s in result["systems"].items():
-                x, y = s["macs_per_frame"] / 1e3, s["mean"][metric]
-                ax.scatter(x, y, marker="o" if s["kind"] == "gated" else "s")
-                ax.annotate(name, (x, y), fontsize=7)
-            ax.set_xlabel("executed MACs per frame (k)")
-            ax.set_ylabel(label)
-            ax.set_title(f"{label} against compute")
-        elif kind == "snr":
-            for name, u in result["usage"].items():
-                ax.plot([float(s) for s in u["by_snr"]], list(u["by_snr"].values()), marker="o", label=name)
-            ax.set_xlabel("input SNR (dB)")
-            ax.set_ylabel("executed MACs / all on")
-            ax.set_title("gate usage against input SNR")
-            ax.legend(fontsize=7)
-        elif kind == "ovrl":
-            for name, u in result["usage"].items():
-                pts = list(u["per_file"].values())
-                ax.scatter([p["input_ovrl"] for p in pts], [p["mac_ratio"] for p in pts], s=10, label=name)
-            ax.set_xlabel("DNSMOS OVRL of the noisy input")
-            ax.set_ylabel("executed MACs / all on")
-            ax.set_title("gate usage against input quality")
-            ax.legend(fontsize=7)
-        else:
-            rows = result["timing"]["rows"]
-            names = list(rows)
-            ax.barh(range(len(names)), [rows[n]["engine_p50_us"] for n in names])
-            ax.set_yticks(range(len(names)), names, fontsize=7)
-            ax.set_xlabel("engine time per frame, p50 (us)")
-            ax.set_title("runtime time: gates on / off / policy")
+        rows.append([("timing",)])
+    cols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(5 * cols, 4 * len(rows)), squeeze=False)
+    for row, panels in zip(axes, rows):
+        for ax in row[len(panels) :]:
+            ax.set_visible(False)
+        for ax, (kind, *what) in zip(row, panels):
+            if kind == "quality":
+                set_name, metric, label = what
+                for name, s in result["sets"][set_name]["systems"].items():
+                    x, y = s["macs_per_frame"] / 1e3, s["mean"][metric]
+                    ax.scatter(x, y, marker="o" if s["kind"] == "gated" else "s")
+                    ax.annotate(name, (x, y), fontsize=7)
+                ax.set_xlabel("executed MACs per frame (k)")
+                ax.set_ylabel(label)
+                ax.set_title(f"{set_name}: {label} against compute")
+            elif kind == "snr":
+                for name, u in result["sets"][what[0]]["usage"].items():
+                    ax.plot([float(s) for s in u["by_snr"]], list(u["by_snr"].values()), marker="o", label=name)
+                ax.set_xlabel("input SNR (dB)")
+                ax.set_ylabel("executed MACs / all on")
+                ax.set_title(f"{what[0]}: gate usage against input SNR")
+                ax.legend(fontsize=7)
+            elif kind == "ovrl":
+                for name, u in result["sets"][what[0]]["usage"].items():
+                    pts = list(u["per_file"].values())
+                    ax.scatter([p["input_ovrl"] for p in pts], [p["mac_ratio"] for p in pts], s=10, label=name)
+                ax.set_xlabel("DNSMOS OVRL of the noisy input")
+                ax.set_ylabel("executed MACs / all on")
+                ax.set_title(f"{what[0]}: gate usage against input quality")
+                ax.legend(fontsize=7)
+            else:
+                timed = result["timing"]["rows"]
+                names = list(timed)
+                ax.barh(range(len(names)), [timed[n]["engine_p50_us"] for n in names])
+                ax.set_yticks(range(len(names)), names, fontsize=7)
+                ax.set_xlabel("engine time per frame, p50 (us)")
+                ax.set_title("runtime time: gates on / off / policy")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -336,19 +350,22 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     result: dict = {}
     try:
+        sets = parse_sets(args.devset, "--devset")
         static, gated = load_models(args)  # bad checkpoints are refused before anything runs
+        data = read_eval_sets(sets, args.files) if args.gated or args.static else {}
         if args.bundle:  # first: the timing should not share the machine with the scoring's leftovers
             result["timing"] = timing(args)
-        if args.gated or args.static:
-            items = read_set(args.devset / "noisy", args.devset / "clean", args.files)
-            snr_of = read_snrs(args.devset)
-            noisy = summarise(score(items, None, True, "noisy"), snr_of)
-            systems, per_file_macs = quality(static, gated, items, snr_of)
-            result.update(files=len(items), noisy=noisy["mean"], systems=systems, usage=usage_table(systems, per_file_macs, noisy, snr_of),
-                          reference=args.reference)  # fmt: skip
-    except (checkpoint.CheckpointError, BundleError) as e:
+    except (SetError, AudioError, checkpoint.CheckpointError, BundleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if data:
+        result["reference"] = args.reference
+        result["sets"] = {}
+    for name, ds in data.items():
+        noisy = ds.summarise(score(ds.items, None, True, f"{name}: noisy"))
+        systems, per_file_macs = quality(static, gated, ds, name)
+        usage = usage_table(systems, per_file_macs, noisy, ds.snr_of)
+        result["sets"][name] = {"dir": str(sets[name]), "files": len(ds.items), "noisy": noisy["mean"], "systems": systems, "usage": usage}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "slimming.json").write_text(json.dumps(result, indent=1))
     md = markdown(result)

@@ -1,5 +1,6 @@
 """Smoke runs of the benchmark scripts on the small fixtures: they finish and write their tables."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -19,43 +20,74 @@ def test_latency_measures_every_backend_of_the_bundle(small_bundle, tmp_path):
     assert (tmp_path / "latency.md").is_file() and (tmp_path / "latency.png").is_file()
 
 
+def one_file_copy(devset, dest):
+    """A second test set: ``devset`` less all but its first pair."""
+    shutil.copytree(devset, dest)
+    for extra in sorted((dest / "noisy").iterdir())[1:]:
+        extra.unlink()
+    return dest
+
+
 def test_kd_ablation_trains_scores_and_tabulates(small_checkpoint, small_devset, tmp_path):
     rng = np.random.default_rng(1)
     for kind, make in (("clean", synth_speech), ("noise", synth_noise)):
         (tmp_path / "data" / kind).mkdir(parents=True)
         for i in range(2):
             sf.write(tmp_path / "data" / kind / f"{i}.wav", make(rng, 48000), 16000)
-    args = ["--data", str(tmp_path / "data"), "--teacher", str(small_checkpoint), "--devset", str(small_devset), "--out", str(tmp_path / "out"),
-            "--sizes", "student-30k", "--methods", "none,dispatch", "--seeds", "0", "--steps", "2", "--batch", "2"]  # fmt: skip
+    ood, out = one_file_copy(small_devset, tmp_path / "ood"), tmp_path / "out"
+    args = ["--data", str(tmp_path / "data"), "--teacher", str(small_checkpoint), "--devset", str(small_devset), "--devset", f"other={ood}",
+            "--out", str(out), "--sizes", "student-30k", "--methods", "none,dispatch", "--seeds", "0", "--steps", "2", "--batch", "2"]  # fmt: skip
     assert kd_ablation.main(args) == 0
-    table = json.loads((tmp_path / "out" / "results.json").read_text())["table"]
-    assert set(table) == {"student-30k/none", "student-30k/dispatch"}
-    assert "dispatch" in (tmp_path / "out" / "results.md").read_text()
+    sets = json.loads((out / "results.json").read_text())["sets"]
+    assert list(sets) == [small_devset.name, "other"], "a bare DIR is named after its folder"
+    assert [s["files"] for s in sets.values()] == [2, 1]
+    for s in sets.values():
+        assert set(s["table"]) == {"student-30k/none", "student-30k/dispatch"}
+    md = (out / "results.md").read_text()
+    assert f"## {small_devset.name}: {small_devset} (2 files)" in md and f"## other: {ood} (1 files)" in md
+    commands = (out / "commands.md").read_text()
+    assert f"--devset {small_devset} --devset other={ood} --sizes" in commands, "the driver line gives every set back as it was given"
+    assert f"--val-dir {small_devset} " in commands and f"--val-dir {ood}" not in commands, "runs validate on the first set only"
+    assert (out / "scores" / "other" / "1-files" / "student-30k_dispatch_seed0.json").is_file()
     assert kd_ablation.main(args) == 0, "a second run reuses the finished runs and cached scores"
+
+
+def test_kd_ablation_refuses_a_bad_devset_before_training(small_checkpoint, small_devset, tmp_path, capsys):
+    args = ["--data", str(tmp_path), "--teacher", str(small_checkpoint), "--devset", str(small_devset), "--devset", f"x={tmp_path}",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    assert kd_ablation.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --devset x=") and "no noisy/ and clean/ folders" in err[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_slimming_tabulates_quality_usage_and_time(gated_checkpoint, small_checkpoint, small_devset, gated_bundle, tmp_path):
     from benchmarks import slimming
 
-    out = tmp_path / "slim"
-    args = ["--devset", str(small_devset), "--gated", f"g={gated_checkpoint}", "--static", f"s={small_checkpoint}", f"f={gated_checkpoint}@1",
-            "--bundle", str(gated_bundle), "--reference", "f",
+    out, other = tmp_path / "slim", one_file_copy(small_devset, tmp_path / "other")
+    args = ["--devset", str(small_devset), "--devset", f"other={other}", "--gated", f"g={gated_checkpoint}",
+            "--static", f"s={small_checkpoint}", f"f={gated_checkpoint}@1", "--bundle", str(gated_bundle), "--reference", "f",
             "--files", "1", "--timing", "onnxruntime/int8", "--seconds", "1", "--rounds", "1", "--out", str(out)]  # fmt: skip
     assert slimming.main(args) == 0
     r = json.loads((out / "slimming.json").read_text())
-    assert set(r["systems"]) == {"s", "f", "g", "g (all on)"}
+    assert list(r["sets"]) == [small_devset.name, "other"] and r["sets"]["other"]["dir"] == str(other)
     g = json.loads((gated_bundle / "manifest.json").read_text())["gating"]["parts"]
-    off = (g["trunk"]["macs_per_frame"] + g["policy"]["macs_per_frame"]) / r["systems"]["g"]["macs_all_on"]
-    f = r["systems"]["f"]
-    assert f["kind"] == "static" and f["macs_per_frame"] == g["trunk"]["macs_per_frame"] + g["policy"]["macs_per_frame"] + g["branch0"]["macs_per_frame"]
-    assert r["systems"]["g (all on)"]["mac_ratio"] == 1.0 and off <= r["systems"]["g"]["mac_ratio"] <= 1.0
+    md = (out / "slimming.md").read_text()
+    for name, result in r["sets"].items():
+        systems = result["systems"]
+        assert set(systems) == {"s", "f", "g", "g (all on)"} and set(result["usage"]) == {"g"}
+        off = (g["trunk"]["macs_per_frame"] + g["policy"]["macs_per_frame"]) / systems["g"]["macs_all_on"]
+        f = systems["f"]
+        assert f["kind"] == "static" and f["macs_per_frame"] == g["trunk"]["macs_per_frame"] + g["policy"]["macs_per_frame"] + g["branch0"]["macs_per_frame"]
+        assert systems["g (all on)"]["mac_ratio"] == 1.0 and off <= systems["g"]["mac_ratio"] <= 1.0
+        s = systems["s"]
+        d = s["mean"]["pesq"] - f["mean"]["pesq"]
+        section = md.split(f"## {name}: ")[1].split("\n## ")[0]  # this set's tables, up to the next set's heading
+        assert "Every system against `f`" in section and f"| s | {s['macs_per_frame'] / f['macs_per_frame']:.0%} | {d:+.3f} |" in section
     assert set(r["timing"]["rows"]) == {f"onnxruntime/int8/{g}" for g in ("on", "off", "policy")}
     assert r["timing"]["rows"]["onnxruntime/int8/off"]["mac_ratio"] == off and r["timing"]["rows"]["onnxruntime/int8/on"]["mac_ratio"] == 1.0
-    md = (out / "slimming.md").read_text()
+    assert md.count("Runtime per-frame time") == 1, "the timing is of the bundle, not of a set"
     assert md.count("|") > 20 and (out / "slimming.png").stat().st_size > 0
-    s = r["systems"]["s"]
-    d = s["mean"]["pesq"] - f["mean"]["pesq"]
-    assert "Every system against `f`" in md and f"| s | {s['macs_per_frame'] / f['macs_per_frame']:.0%} | {d:+.3f} |" in md
 
 
 def test_slimming_reference_must_be_a_system(gated_checkpoint, small_devset, tmp_path, capsys):
@@ -73,6 +105,16 @@ def test_slimming_static_gated_needs_a_valid_fixed_pattern(gated_checkpoint, sma
 
     with pytest.raises(SystemExit, match=message):
         slimming.main(["--devset", str(small_devset), "--static", "x=" + spec.format(g=gated_checkpoint, s=small_checkpoint), "--files", "1", "--out", str(tmp_path)])
+
+
+def test_slimming_bad_devset_is_one_clear_line(gated_checkpoint, small_devset, tmp_path, capsys):
+    from benchmarks import slimming
+
+    args = ["--devset", f"a={small_devset}", "--devset", f"a={small_devset}", "--gated", f"g={gated_checkpoint}", "--out", str(tmp_path / "o")]
+    assert slimming.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --devset: two sets are named 'a'")
+    assert not (tmp_path / "o").exists()
 
 
 def test_slimming_refuses_a_plain_bundle(small_bundle, small_devset, tmp_path, capsys):
