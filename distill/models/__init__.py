@@ -18,10 +18,18 @@ MODELS: dict[str, tuple[type, type]] = {"crn": (CRNConfig, CRN), "gated_crn": (G
 # layers), so teacher and student feature maps lie on the same time-frequency grid (Gram KD needs
 # that). The teacher spends most parameters in its GRUs, which cost one MAC per parameter per frame,
 # so it trains in hours on a CPU.
+# The -erb pair runs on a band grid of its own: bins 0-40 (0-2 kHz, 50 Hz apart) as they are, bins
+# 41-160 (2.05-8 kHz) merged into 40 ERB-spaced triangular bands by a fixed matrix, so the encoder
+# sees 81 points (81 -> 41 -> 21 -> 11 -> 6 -> 3); the decoder's 81 points are interpolated back to
+# 161 bins before the mask bound. student-erb and teacher-erb share that grid (Gram KD between them
+# works; across grids only output-level KD does). student-erb: 600-step pilots put encoder width
+# ahead of a second GRU layer at equal MACs (docs/student_arch_section.md).
 PRESETS: dict[str, tuple[str, dict]] = {
     "teacher": ("crn", dict(channels=(16, 32, 48, 64, 96), rnn_groups=4, rnn_layers=2)),
     "student": ("crn", dict(channels=(8, 16, 24, 32, 32), rnn_groups=4, rnn_layers=1)),
     "student-30k": ("crn", dict(channels=(4, 8, 12, 16, 16), rnn_groups=2, rnn_layers=1)),
+    "student-erb": ("crn", dict(channels=(9, 18, 27, 36, 48), rnn_groups=4, rnn_layers=1, erb_low=41, erb_bands=40)),
+    "teacher-erb": ("crn", dict(channels=(16, 32, 48, 64, 96), rnn_groups=4, rnn_layers=2, rnn_size=512, erb_low=41, erb_bands=40)),
     "gated-student": ("gated_crn", dict(channels=(5, 8, 12, 16, 20), branch_channels=(3, 5, 8, 10, 10), branches=2, trunk_groups=4)),
 }
 

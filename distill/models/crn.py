@@ -69,7 +69,8 @@ class CRNConfig:
         if self.rnn_layers < 1 or self.rnn_groups < 1:
             raise ValueError("rnn_layers and rnn_groups must be >= 1")
         if self.erb_low is not None and not (1 <= self.erb_low and 2 <= self.erb_bands < self.stft.bins - self.erb_low):
-            raise ValueError(f"erb_low={self.erb_low}, erb_bands={self.erb_bands}: need 1 <= erb_low and 2 <= erb_bands < {self.stft.bins} - erb_low")
+            limit = self.stft.bins - self.erb_low
+            raise ValueError(f"erb_low={self.erb_low}, erb_bands={self.erb_bands}: need 1 <= erb_low and 2 <= erb_bands < {limit}")
         if self.subband < 1 or self.subband % 2 == 0:
             raise ValueError(f"subband must be odd and positive, got {self.subband}")
 
