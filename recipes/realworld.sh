@@ -7,7 +7,7 @@
 # stopped: interrupt it (Ctrl-C) and run the same command again.
 #
 #   0. render the dev and dev-ood test sets (data/devset, data/dev-ood);
-#   1. side by side, one thread each: the teacher (batch 8, cosine over TEACHER_STEPS = 12000) and
+#   1. side by side, one thread each: the teacher-erb (batch 8, cosine over TEACHER_STEPS = 12000) and
 #      the student-erb (batch 16, cosine over STUDENT_STEPS = 20000), spectral loss
 #      (spec=1,sisdr=0.01), every augmentation at its default; validation every 500 steps on dev
 #      (picks best.pt) and dev-ood (logged: the out-of-domain curve). STOP=N stops both at step N
@@ -52,7 +52,7 @@ STOP_AT=()
 [ -n "${STOP:-}" ] && STOP_AT=(--stop-at "$STOP")
 pids=()
 trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait' INT TERM
-$PY -m distill.train --model teacher --steps "$TEACHER_STEPS" --batch 8 --out "$RUNS/teacher13" "${COMMON[@]}" "${STOP_AT[@]}" > "$RUNS/teacher13.log" 2>&1 & pids+=($!)
+$PY -m distill.train --model teacher-erb --steps "$TEACHER_STEPS" --batch 8 --out "$RUNS/teacher13" "${COMMON[@]}" "${STOP_AT[@]}" > "$RUNS/teacher13.log" 2>&1 & pids+=($!)
 $PY -m distill.train --model student-erb --steps "$STUDENT_STEPS" --batch 16 --out "$RUNS/student13" "${COMMON[@]}" "${STOP_AT[@]}" > "$RUNS/student13.log" 2>&1 & pids+=($!)
 echo "training teacher and student side by side; logs in $RUNS/teacher13.log and $RUNS/student13.log"
 wait "${pids[@]}"
