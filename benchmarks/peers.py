@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.peer_adapters import PEERS, RATE, System, Unavailable, open_bundle, stream
-from distill.evaluate import HEADERS, METRICS, read_set, read_snrs, summarise
+from distill.evaluate import HEADERS, METRICS, SetError, parse_sets, read_set, read_snrs, summarise
 from distill.metrics import all_metrics
 from runtime import report
 from runtime.audio import AudioError, write
@@ -86,11 +86,10 @@ def bundle_spec(spec: str) -> tuple[Path, str, str]:
 def test_sets(values: list[str]) -> dict[str, Path]:
     if not values:
         raise UsageError("give at least one --set NAME=DIR (render the dev set with python -m distill.devset render)")
-    sets = {name: Path(d) for name, d in named(values, "--set").items()}
-    for name, d in sets.items():
-        if not (d / "noisy").is_dir() or not (d / "clean").is_dir():
-            raise UsageError(f"--set {name}={d}: no noisy/ and clean/ folders there")
-    return sets
+    try:
+        return parse_sets(values, "--set")
+    except SetError as e:
+        raise UsageError(str(e)) from None
 
 
 def peer_keys(value: str) -> list[str]:

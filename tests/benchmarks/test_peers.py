@@ -282,7 +282,8 @@ def test_peers_benchmark_end_to_end(tiny_set, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--set", "nodir"], "--set takes NAME=DIR"),
+    (["--set", "nodir"], "no noisy/ and clean/ folders"),
+    (["--set", "=x"], "--set takes NAME=DIR"),
     (["--set", "x={missing}"], "no noisy/ and clean/ folders"),
     (["--set", "x={set}", "--peers", "gtcrn,bogus"], "unknown peer(s) bogus"),
     (["--set", "x={set}", "--bundle", "b={missing}"], "is not a folder"),
