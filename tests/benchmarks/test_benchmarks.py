@@ -137,3 +137,18 @@ def test_slimming_usage_table_groups_by_snr_and_ranks_with_ties():
     assert [t["mac_ratio"] for t in u["g"]["by_input_ovrl_tercile"]] == [1.0, 0.6, 0.4]
     assert -1.0 < u["g"]["spearman_vs_input_ovrl"] < -0.9  # average ranks for ties: not -1, which arbitrary tie order would give
     assert np.isnan(u["flat"]["spearman_vs_input_ovrl"])
+
+
+def test_curves_from_val_logs(tmp_path):
+    from benchmarks import curves
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "val.csv").write_text(
+        "step,time,val_sisdr,val_sisdri,ood_sisdr,ood_sisdri\n500,1,3.0,1,2.0,1\n1000,2,4.5,1,2.5,1\n1000,3,4.0,1,2.25,1\n"
+    )  # a resumed run repeats step 1000: the last row wins
+    assert curves.read_curve(run) == {"dev": [(500, 3.0), (1000, 4.0)], "dev-ood": [(500, 2.0), (1000, 2.25)]}
+    assert curves.main([str(run), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "curves.md").read_text()
+    assert "| 1000 | 4.00 | 2.25 |" in md and (tmp_path / "out" / "curves.png").stat().st_size > 0
+    assert curves.main([str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
