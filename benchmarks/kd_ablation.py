@@ -57,7 +57,6 @@ def parse_args(argv):
 def train_args(args, size: str, method: str, seed: int, out: Path, val_dir: Path) -> list[str]:
     base = [
         "--model", size, "--clean", str(args.data / "clean"), "--noise", str(args.data / "noise"),
-        "--exclude", "distill/splits/dev_clean.txt", "--exclude", "distill/splits/dev_noise.txt",
         "--steps", str(args.steps), "--batch", str(args.batch), "--warmup", str(max(args.steps // 10, 1)),
         "--seed", str(seed), "--threads", str(args.threads), "--val-dir", str(val_dir), "--val-files", "20",
         "--val-every", str(args.steps), "--ckpt-every", "50", "--out", str(out), "--resume", "--no-progress",

@@ -16,8 +16,8 @@ set -euo pipefail
 DATA=${1:?usage: bash recipes/default.sh DATA_DIR [RUNS_DIR]}
 RUNS=${2:-runs}
 PY=${PY:-.venv/bin/python}
-COMMON=(--clean "$DATA/clean" --noise "$DATA/noise"
-        --exclude distill/splits/dev_clean.txt --exclude distill/splits/dev_noise.txt
+# The mixer these models were trained with: no augmentation, SNR -5...20 dB, level -35...-15 dBFS.
+COMMON=(--clean "$DATA/clean" --noise "$DATA/noise" --no-augment --snr -5 20 --level -35 -15
         --val-dir data/devset --threads 1 --resume --batch 16)
 
 [ -f data/devset/meta.csv ] || $PY -m distill.devset render --clean "$DATA/clean" --noise "$DATA/noise" --out data/devset

@@ -23,8 +23,8 @@ PY=${PY:-.venv/bin/python}
 PRETRAIN=${PRETRAIN:-1500}
 FINETUNE=${FINETUNE:-1200}
 DEV_FILES=${DEV_FILES:-140}
-COMMON=(--clean "$DATA/clean" --noise "$DATA/noise"
-        --exclude distill/splits/dev_clean.txt --exclude distill/splits/dev_noise.txt
+# The mixer these models were trained with: no augmentation, SNR -5...20 dB, level -35...-15 dBFS.
+COMMON=(--clean "$DATA/clean" --noise "$DATA/noise" --no-augment --snr -5 20 --level -35 -15
         --val-dir data/devset --val-files 20 --threads 1 --resume --batch 16 --no-progress)
 GATED=(--cost-weight 100 --policy-lr-scale 10)
 
