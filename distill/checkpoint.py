@@ -98,9 +98,23 @@ def strip(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     dst = Path(dst)
     if dst.is_dir() or not dst.parent.is_dir():
         raise CheckpointError(f"{dst}: " + ("is a folder; give a file name" if dst.is_dir() else f"folder {dst.parent} does not exist"))
-    keep = {k: payload[k] for k in ("model", "state_dict", "versions", "train_args", "step", "cost", "best_val_sisdr") if k in payload}
+    keep = {k: payload[k] for k in ("model", "state_dict", "versions", "train_args", "step", "cost", "best_val_sisdr", "repairs") if k in payload}
     _write({"format": FORMAT, "format_version": FORMAT_VERSION, **keep}, dst)
     return keep
+
+
+def flip_polarity(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
+    """Copy a checkpoint with its model's output negated (``negate_output``): same quality, the
+    right sign. The copy records the repair in ``repairs``."""
+    payload = read(src)
+    model = load_model(src)
+    if not hasattr(model, "negate_output"):
+        raise CheckpointError(f"{src}: a {payload['model']['name']} model has no output layer to negate")
+    model.negate_output()
+    keep = {k: payload[k] for k in ("train_args", "step", "cost", "best_val_sisdr") if k in payload}
+    repairs = list(payload.get("repairs", [])) + ["output polarity negated (python -m distill.checkpoint flip-polarity)"]
+    save(dst, model, **keep, repairs=repairs)
+    return {"model": payload["model"], **keep}
 
 
 def main(argv=None) -> int:
@@ -112,6 +126,9 @@ def main(argv=None) -> int:
     s = sub.add_parser("strip", help="drop optimiser/resume state (for shipping)")
     s.add_argument("src", type=Path)
     s.add_argument("dst", type=Path)
+    f = sub.add_parser("flip-polarity", help="negate the model's output (repairs an inverted model)")
+    f.add_argument("src", type=Path)
+    f.add_argument("dst", type=Path)
     i = sub.add_parser("info", help="print what a checkpoint holds")
     i.add_argument("path", type=Path)
     args = p.parse_args(argv)
@@ -119,6 +136,11 @@ def main(argv=None) -> int:
         if args.cmd == "strip":
             kept = strip(args.src, args.dst)
             print(f"{args.dst}: {kept['model']['name']} at step {kept.get('step', '?')}, {args.dst.stat().st_size / 1e6:.2f} MB")
+        elif args.cmd == "flip-polarity":
+            if args.dst.resolve() == args.src.resolve():
+                raise CheckpointError(f"{args.dst}: give a new file; the source is kept as it is")
+            kept = flip_polarity(args.src, args.dst)
+            print(f"{args.dst}: {kept['model']['name']} with its output negated")
         else:
             payload = read(args.path)
             model = load_model(args.path)

@@ -178,6 +178,14 @@ class CRN(nn.Module):
         mask = self.bound(self._to_bins(x))  # [B, T, F, 2]
         return (mask, acts) if taps else mask
 
+    @torch.no_grad()
+    def negate_output(self) -> None:
+        """Invert the polarity of the output in place. The mask bound is odd in z, so negating the
+        last decoder convolution negates the mask, and so the enhanced signal, exactly: the repair
+        for a model trained on a sign-blind loss (SI-SDR) that learned an inverted output."""
+        self.decoder[0].conv.weight.neg_()
+        self.decoder[0].conv.bias.neg_()
+
     def fold_batchnorm(self) -> "CRN":
         """A copy in eval mode with every BatchNorm folded into the convolution before it; same
         outputs, fewer ops to export and quantise."""

@@ -57,3 +57,18 @@ def test_strip_keeps_the_model_and_drops_training_state(tmp_path):
     assert "optimizer" not in payload and payload["step"] == 7
     again = checkpoint.load_model(tmp_path / "ship.pt")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_flip_polarity_negates_the_output_exactly(tmp_path):
+    model = build("student-30k").eval()
+    checkpoint.save(tmp_path / "m.pt", model, step=5)
+    assert checkpoint.main(["flip-polarity", str(tmp_path / "m.pt"), str(tmp_path / "m.pt")]) == 2  # never in place
+    assert checkpoint.main(["flip-polarity", str(tmp_path / "m.pt"), str(tmp_path / "f.pt")]) == 0
+    flipped = checkpoint.load_model(tmp_path / "f.pt")
+    spec = torch.randn(1, 20, 161, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(flipped(spec), -model(spec))
+    payload = checkpoint.read(tmp_path / "f.pt")
+    assert payload["step"] == 5 and len(payload["repairs"]) == 1
+    checkpoint.strip(tmp_path / "f.pt", tmp_path / "ship.pt")
+    assert checkpoint.read(tmp_path / "ship.pt")["repairs"] == payload["repairs"]

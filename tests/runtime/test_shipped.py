@@ -38,3 +38,14 @@ def test_shipped_bundle_streams_what_its_checkpoint_computes_offline(name):
     assert np.abs(streamed - offline).max() <= 1e-4
     if b.gating is not None:
         assert 0.05 < runner.usage()["mac_ratio"] < 0.95, "the shipped policy should skip some work on speech in noise, not all"
+
+
+@pytest.mark.parametrize("name", ["student.pt", "teacher.pt", "gated.pt"])
+def test_shipped_checkpoints_have_the_right_polarity(name):
+    """SI-SDR cannot see a sign: the output must correlate positively with the clean speech."""
+    x, _ = sf.read(ROOT / "assets" / "sample" / "noisy.wav", dtype="float32")
+    clean, _ = sf.read(ROOT / "assets" / "sample" / "clean.wav", dtype="float32")
+    model = checkpoint.load_model(ROOT / "assets" / "checkpoints" / name).eval()
+    with torch.no_grad():
+        y = enhance(model, torch.from_numpy(x)[None])[0].numpy()
+    assert np.corrcoef(y, clean[: len(y)])[0, 1] > 0.9
