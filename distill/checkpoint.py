@@ -6,6 +6,10 @@ import os
 import platform
 from pathlib import Path
 
+from distill import need_torch
+
+need_torch("train", __name__)  # before torch is imported: a runtime-only install gets one line naming the extra
+
 import numpy as np
 import torch
 

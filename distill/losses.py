@@ -19,6 +19,17 @@ def si_sdr(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8) -> torch.Ten
     return 10 * torch.log10(target.square().sum(-1) / ((est - target).square().sum(-1) + eps) + eps)
 
 
+def correlation(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation per utterance: the output's polarity. Near +1 for a faithful estimate,
+    near -1 for an inverted one, which SI-SDR scores exactly as high.
+
+    Shape: est, ref [B, L] -> [B]
+    """
+    est = est - est.mean(-1, keepdim=True)
+    ref = ref - ref.mean(-1, keepdim=True)
+    return (est * ref).sum(-1) / (est.norm(dim=-1) * ref.norm(dim=-1) + eps)
+
+
 def si_sdr_loss(est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return -si_sdr(est, ref).mean()
 
@@ -64,6 +75,7 @@ def psa_loss(est: torch.Tensor, ref: torch.Tensor, noisy: torch.Tensor) -> torch
 
 
 LOSSES = ("sisdr", "snr", "spec", "psa")
+SIGN_AWARE = ("snr", "spec")  # sisdr rescales the estimate (by a negative factor too) and psa compares magnitudes
 
 
 def parse_weights(text: str) -> dict[str, float]:
@@ -80,6 +92,12 @@ def parse_weights(text: str) -> dict[str, float]:
     if not weights:
         raise ValueError("no loss given")
     return weights
+
+
+def sign_blind(weights: dict[str, float]) -> bool:
+    """True when no term with a weight sees the sign of the output: such a loss is as low for an
+    inverted output as for the right one."""
+    return not any(weights.get(name, 0.0) for name in SIGN_AWARE)
 
 
 def supervised(weights: dict[str, float], est_wav, ref_wav, est_spec, ref_spec, noisy_spec) -> dict[str, torch.Tensor]:

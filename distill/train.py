@@ -2,22 +2,31 @@
 
 Progress on a tqdm bar, logs to ``train.csv`` / ``val.csv`` and TensorBoard (``tb/``), checkpoints
 ``last.pt`` (every ``--ckpt-every`` steps and on Ctrl-C/SIGTERM) and ``best.pt`` (best validation
-SI-SDR). ``--resume`` continues from ``last.pt``; the batches of a resumed run are exactly those an
-uninterrupted run would have drawn.
+SI-SDR among outputs of the right polarity). ``--resume`` continues from ``last.pt``; the batches of
+a resumed run are exactly those an uninterrupted run would have drawn. An ``--out`` that holds a run
+is refused unless ``--resume`` continues it or ``--force`` starts it over.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import difflib
 from dataclasses import dataclass
 import json
 import logging
 import math
+import os
+import shutil
 import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from distill import need_torch
+
+need_torch("train", __name__)  # before torch is imported: a runtime-only install gets one line naming the extra
 
 import numpy as np
 import torch
@@ -29,16 +38,52 @@ from distill.data import AudioFolder, MixConfig, MixtureSampler, PairedSampler, 
 from distill.devset import SPLITS, read_list
 from distill.dsp import apply_mask, istft, stft
 from distill.kd import METHODS, KDConfig, dfkd, dispatch_l2, gram_loss, output_kd
-from distill.losses import parse_weights, si_sdr, supervised
-from distill.models import PRESETS, build, config_from_dict, cost, gated_cost
+from distill.losses import correlation, parse_weights, si_sdr, sign_blind, supervised
+from distill.models import MODELS, PRESETS, build, config_from_dict, cost, gated_cost
 from runtime.audio import AudioError, load
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line: the full usage of this many options would bury the message."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the empty ones (off, unset)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def number(kind: type, low: float = 0.0, high: float = math.inf, low_open: bool = True):
+    """An argparse type: a finite ``kind`` in (low, high], or [low, high] when not ``low_open``."""
+    bounds = f"{'above' if low_open else 'at least'} {low:g}" + ("" if high == math.inf else f" and at most {high:g}")
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
+        if not (math.isfinite(value) and (value > low if low_open else value >= low) and value <= high):
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+
+    return parse
+
+
+POSITIVE_INT, POSITIVE, COUNT, NON_NEGATIVE = number(int), number(float), number(int, low_open=False), number(float, low_open=False)
+FRACTION = number(float, high=1.0, low_open=False)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m distill.train", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="python -m distill.train", description=__doc__.split("\n\n")[0], formatter_class=_Help)
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="student", help=f"preset ({', '.join(PRESETS)}) or registry name (crn)")
-    g.add_argument("--config", help="JSON object of model config fields overriding the preset")
+    g.add_argument("--model", default="student", help=f"preset ({', '.join(PRESETS)}) or registry name ({', '.join(MODELS)})")
+    g.add_argument("--config", help='JSON object of model config fields overriding the preset, e.g. \'{"rnn_layers": 2}\'')
     g.add_argument("--init", help="start from this checkpoint's model and weights (fine-tuning; --model/--config ignored)")
     g = p.add_argument_group("data (one source)")
     g.add_argument("--clean", help="folder of clean speech (any depth, WAV/FLAC/OGG, any rate)")
@@ -47,21 +92,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--include-held-out", action="store_true", help="train on the files of the shipped dev and dev-ood splits too (distill/splits/*.txt)")
     g.add_argument("--paired", nargs=2, metavar=("NOISY", "CLEAN"), help="paired noisy/clean folders instead of mixing")
     g.add_argument("--synthetic", action="store_true", help="procedural speech-like data (smoke tests)")
-    g.add_argument("--seconds", type=float, default=4.0, help="segment length")
+    g.add_argument("--seconds", type=POSITIVE, default=4.0, help="segment length")
     g.add_argument("--snr", type=float, nargs=2, default=(-10.0, 25.0), metavar=("LO", "HI"), help="speech-to-noise ratio range, dB")
     g.add_argument("--level", type=float, nargs=2, default=(-45.0, -10.0), metavar=("LO", "HI"), help="mixture RMS range, dBFS")
     g.add_argument("--val-dir", help="folder with noisy/ and clean/ (a rendered dev set) for validation")
-    g.add_argument("--val-files", type=int, default=40, help="validation files taken evenly from --val-dir (and --val-ood)")
+    g.add_argument("--val-files", type=POSITIVE_INT, default=40, help="validation files taken evenly from --val-dir (and --val-ood)")
     g.add_argument("--val-ood", help="a second rendered set (e.g. dev-ood) scored at each validation and logged, never used to pick best.pt")
     a = AugmentConfig()
     g = p.add_argument_group("augmentation of --clean/--noise mixtures (probabilities; see README: Training data)")
     g.add_argument("--no-augment", action="store_true", help="plain mixtures: one noise, no rooms, no channel (the mixer before augmentation)")
     g.add_argument("--rir", help="folder of measured room impulse responses, drawn beside the simulated rooms")
-    g.add_argument("--rooms", type=int, default=RoomConfig.rooms, help="shoebox rooms simulated once with pyroomacoustics (0: none)")
+    g.add_argument("--rooms", type=COUNT, default=RoomConfig.rooms, help="shoebox rooms simulated once with pyroomacoustics (0: none)")
     g.add_argument("--room-cache", default="data/rooms", help="where simulated rooms are cached")
     g.add_argument("--reverb", type=float, default=a.reverb, help="mixtures whose speech is in a room")
     g.add_argument("--noise-room", type=float, default=a.noise_room, help="of those, mixtures whose noise is reverberant too")
-    g.add_argument("--early-ms", type=float, default=a.early_ms, help="the target keeps the direct path and reflections of this many ms")
+    g.add_argument("--early-ms", type=NON_NEGATIVE, default=a.early_ms, help="the target keeps the direct path and reflections of this many ms")
     g.add_argument("--full-reverb-target", action="store_true", help="the target keeps all of the reverberation (no dereverberation)")
     g.add_argument("--sources", type=float, nargs=2, default=a.sources, metavar=("P2", "P3"), help="chance of a second and of a third noise source")
     g.add_argument("--envelope", type=float, default=a.envelope, help="noise sources with a random gain envelope")
@@ -69,39 +114,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--eq", type=float, default=a.eq, help="mixtures with a random EQ (input and target)")
     g.add_argument("--band-limit", type=float, default=a.band, help="mixtures band-limited (telephone band or low-pass; input and target)")
     g.add_argument("--clipping", type=float, default=a.clip, help="mixtures whose input is driven into clipping")
-    g.add_argument("--speech-highpass", type=float, default=a.speech_highpass_hz, help="zero-phase high-pass of the clean speech, Hz (0: off)")
+    g.add_argument("--speech-highpass", type=NON_NEGATIVE, default=a.speech_highpass_hz, help="zero-phase high-pass of the clean speech, Hz (0: off)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=20000)
-    g.add_argument("--stop-at", type=int, help="checkpoint and stop at this step, keeping the schedule of --steps (continue later with --resume)")
-    g.add_argument("--batch", type=int, default=16)
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--optimizer", choices=("adam", "adamw"), default="adamw")
-    g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--warmup", type=int, default=500, help="linear warm-up steps before cosine decay")
-    g.add_argument("--final-lr", type=float, default=0.02, help="cosine decay ends at this fraction of --lr")
-    g.add_argument("--clip", type=float, default=5.0, help="gradient norm clip")
-    g.add_argument("--loss", default="spec=1,sisdr=0.01", help="weighted supervised terms: sisdr, snr, spec, psa (snr and spec see the sign of the output; sisdr alone does not)")
+    g.add_argument("--steps", type=POSITIVE_INT, default=20000, help="length of the learning-rate schedule")
+    g.add_argument("--stop-at", type=POSITIVE_INT, help="checkpoint and stop at this step, keeping the schedule of --steps (continue later with --resume)")
+    g.add_argument("--batch", type=POSITIVE_INT, default=16, help="mixtures per step")
+    g.add_argument("--lr", type=POSITIVE, default=1e-3, help="peak learning rate")
+    g.add_argument("--optimizer", choices=("adam", "adamw"), default="adamw", help="optimiser")
+    g.add_argument("--weight-decay", type=NON_NEGATIVE, default=1e-4, help="decoupled weight decay (adamw)")
+    g.add_argument("--warmup", type=COUNT, default=500, help="linear warm-up steps before cosine decay")
+    g.add_argument("--final-lr", type=FRACTION, default=0.02, help="cosine decay ends at this fraction of --lr")
+    g.add_argument("--clip", type=POSITIVE, default=5.0, help="gradient norm clip")
+    g.add_argument("--loss", default="spec=1,sisdr=0.01", help="weighted supervised terms: sisdr, snr, spec, psa (snr and spec see the sign of the output; sisdr and psa do not)")
     g = p.add_argument_group("distillation (see README: Distillation)")
     g.add_argument("--teacher", help="frozen teacher checkpoint")
     g.add_argument("--kd", choices=METHODS, default="none", help="KD method")
-    g.add_argument("--kd-weight", type=float, default=1.0, help="weight of the KD term added to the supervised loss")
-    g.add_argument("--kd-topk", type=float, default=0.8, help="DISPatch: fraction of patches kept per utterance")
+    g.add_argument("--kd-weight", type=NON_NEGATIVE, default=1.0, help="weight of the KD term added to the supervised loss")
+    g.add_argument("--kd-topk", type=number(float, high=1.0), default=0.8, help="DISPatch: fraction of patches kept per utterance")
     g.add_argument("--kd-positive", action="store_true", help="DISPatch: keep only patches with KGS > 0")
-    g.add_argument("--kd-sb", type=int, default=20, help="DISPatch-L2 patch width (bins)")
-    g.add_argument("--kd-sb-low", type=int, help="DFKD low-band patch width (default 10 with MSSP, else 20)")
-    g.add_argument("--kd-sb-high", type=int, help="DFKD high-band patch width (default 40 with MSSP, else 20)")
-    g.add_argument("--kd-beta", type=float, default=0.5, help="DFKD: cosine weight in the high band")
+    g.add_argument("--kd-sb", type=POSITIVE_INT, default=20, help="DISPatch-L2 patch width (bins)")
+    g.add_argument("--kd-sb-low", type=POSITIVE_INT, help="DFKD low-band patch width (default 10 with MSSP, else 20)")
+    g.add_argument("--kd-sb-high", type=POSITIVE_INT, help="DFKD high-band patch width (default 40 with MSSP, else 20)")
+    g.add_argument("--kd-beta", type=FRACTION, default=0.5, help="DFKD: cosine weight in the high band")
     g.add_argument("--gram-layers", default=",".join(KDConfig.gram_layers), help="activations matched by Gram KD")
     g.add_argument("--gram-mode", choices=("f", "t", "tf"), default="f", help="per-frame FxF, TxT, or (TxF)^2 in blocks")
-    g.add_argument("--gram-chunk", type=int, default=8, help="frames per block for --gram-mode tf")
-    g.add_argument("--two-step-split", type=float, default=0.3, help="two-step: fraction of steps in step 1 (KD only)")
-    g.add_argument("--step1-output-kd", type=float, default=0.0, help="two-step: output-KD weight added in step 1")
+    g.add_argument("--gram-chunk", type=POSITIVE_INT, default=8, help="frames per block for --gram-mode tf")
+    g.add_argument("--two-step-split", type=FRACTION, default=0.3, help="two-step: fraction of steps in step 1 (KD only)")
+    g.add_argument("--step1-output-kd", type=NON_NEGATIVE, default=0.0, help="two-step: output-KD weight added in step 1")
     g = p.add_argument_group("dynamic slimming (gated models, see README: Dynamic slimming)")
-    g.add_argument("--usage-target", type=float, default=0.5, help="target MAC-weighted usage of the gated branches")
-    g.add_argument("--cost-weight", type=float, default=1.0, help="weight of (usage - target)^2")
-    g.add_argument("--policy-lr-scale", type=float, default=10.0, help="the policy's learning rate as a multiple of --lr")
-    g.add_argument("--tau", type=float, nargs=2, default=(2.0, 0.2), metavar=("START", "END"), help="Gumbel temperature, annealed exponentially")
-    g.add_argument("--gate-warmup", type=float, default=0.0, help="fraction of steps with every gate forced on (1: a static full-width run)")
+    g.add_argument("--usage-target", type=FRACTION, default=0.5, help="target MAC-weighted usage of the gated branches")
+    g.add_argument("--cost-weight", type=NON_NEGATIVE, default=1.0, help="weight of (usage - target)^2")
+    g.add_argument("--policy-lr-scale", type=POSITIVE, default=10.0, help="the policy's learning rate as a multiple of --lr")
+    g.add_argument("--tau", type=POSITIVE, nargs=2, default=(2.0, 0.2), metavar=("START", "END"), help="Gumbel temperature, annealed exponentially")
+    g.add_argument("--gate-warmup", type=FRACTION, default=0.0, help="fraction of steps with every gate forced on (1: a static full-width run)")
     g.add_argument("--fixed-gates", type=gate_pattern, metavar="G0,G1,...",
                    help="every step with these gates (1 on, 0 off) and no cost: a static student of the trunk plus the chosen branches")
     g.add_argument("--cost-over", choices=("example", "batch"), default="example",
@@ -110,17 +155,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the policy's gradients (usage cost, straight-through gates) stop at the trunk output it reads instead of reshaping the trunk")
     g.add_argument("--mgt", action="store_true", help="metric-guided: per-mixture usage target from the DNSMOS OVRL of its noisy input")
     g.add_argument("--mgt-ovrl", type=float, nargs=2, default=(1.4, 2.8), metavar=("BAD", "GOOD"), help="OVRL range mapped onto --mgt-usage")
-    g.add_argument("--mgt-usage", type=float, nargs=2, default=(1.0, 0.2), metavar=("AT_BAD", "AT_GOOD"), help="usage targets at the ends of --mgt-ovrl")
-    g.add_argument("--mgt-pool", type=int, default=4000, help="mixtures drawn once and scored with DNSMOS for --mgt")
+    g.add_argument("--mgt-usage", type=FRACTION, nargs=2, default=(1.0, 0.2), metavar=("AT_BAD", "AT_GOOD"), help="usage targets at the ends of --mgt-ovrl")
+    g.add_argument("--mgt-pool", type=POSITIVE_INT, default=4000, help="mixtures drawn once and scored with DNSMOS for --mgt")
     g.add_argument("--mgt-cache", default="data/mgt_cache", help="where pool scores are cached")
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="run folder (checkpoints, logs)")
-    g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    g.add_argument("--ckpt-every", type=int, default=250)
-    g.add_argument("--val-every", type=int, default=1000)
-    g.add_argument("--log-every", type=int, default=25)
+    g.add_argument("--resume", action="store_true", help="continue the run in OUT from its last.pt (starts it when OUT holds none)")
+    g.add_argument("--force", action="store_true", help="start over in an OUT that holds a run: its checkpoints, logs and TensorBoard events are deleted")
+    g.add_argument("--seed", type=COUNT, default=0, help="seed of the initial weights and of every batch")
+    g.add_argument("--threads", type=COUNT, default=0, help="torch threads (0: torch default)")
+    g.add_argument("--ckpt-every", type=POSITIVE_INT, default=250, help="steps between saves of last.pt")
+    g.add_argument("--val-every", type=POSITIVE_INT, default=1000, help="steps between validations (and at the last step)")
+    g.add_argument("--log-every", type=POSITIVE_INT, default=25, help="steps averaged into each row of train.csv")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
     args = p.parse_args(argv)
     sources = sum([bool(args.clean or args.noise), bool(args.paired), args.synthetic])
@@ -130,7 +176,31 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--clean and --noise go together")
     if (args.kd != "none") != bool(args.teacher):
         p.error("--kd METHOD and --teacher CKPT go together")
+    if args.resume and args.force:
+        p.error("--resume continues the run in --out and --force starts it over: give one")
     return args
+
+
+def model_overrides(model: str, config: str | None) -> dict:
+    """The ``--config`` fields, checked against the model's config class."""
+    names = [*PRESETS, *MODELS]
+    if model not in names:
+        close = difflib.get_close_matches(model, names, n=1)
+        raise ValueError(f"unknown model {model!r}" + (f" (did you mean {close[0]!r}?)" if close else "") + f"; choose from {', '.join(names)}")
+    if not config:
+        return {}
+    try:
+        overrides = json.loads(config)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config is not valid JSON ({e.msg} at character {e.pos}); give an object such as '{{\"rnn_layers\": 2}}'") from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"--config must be a JSON object of config fields, got {type(overrides).__name__} {config!r}")
+    fields = [f.name for f in dataclasses.fields(MODELS[PRESETS[model][0] if model in PRESETS else model][0])]
+    for key in overrides:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            raise ValueError(f"--config: {model} has no field {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "") + f"; fields: {', '.join(fields)}")
+    return overrides
 
 
 def gate_pattern(text: str) -> tuple[float, ...]:
@@ -313,15 +383,25 @@ class Objective:
         return sum(terms.values()), terms, si_sdr(ew.detach(), clean).mean()
 
 
+@dataclass(frozen=True)
+class Scores:
+    """Means over the validation files."""
+
+    sisdr: float  # dB
+    sisdri: float  # dB over the noisy input
+    polarity: float  # Pearson correlation of output and clean speech: negative for an inverted output
+    usage: float | None  # gated models: MAC-weighted usage of the branches
+
+
 @torch.no_grad()
-def validate(model, val, share: torch.Tensor | None = None, pattern: tuple[float, ...] | None = None) -> tuple[float, float, float | None]:
-    """Mean SI-SDR of the enhanced validation signals, its improvement over the noisy input and,
-    for a gated model (``share``: each branch's part of the gated MACs), its usage: of the hard
-    gates of inference (which can differ from the sampled gates of training), or of ``pattern``,
-    the gates training forces (fixed gates, all on during warm-up)."""
+def validate(model, val, share: torch.Tensor | None = None, pattern: tuple[float, ...] | None = None) -> Scores:
+    """SI-SDR of the enhanced validation signals, its improvement over the noisy input, the output's
+    polarity (which SI-SDR cannot see) and, for a gated model (``share``: each branch's part of the
+    gated MACs), its usage: of the hard gates of inference (which can differ from the sampled gates
+    of training), or of ``pattern``, the gates training forces (fixed gates, all on during warm-up)."""
     model.eval()
     cfg = model.config.stft
-    out, gain, usage = [], [], []
+    out, gain, polarity, usage = [], [], [], []
     for noisy, clean in val:
         n, c = torch.from_numpy(noisy)[None], torch.from_numpy(clean)[None]
         spec = stft(n, cfg)  # [1, T, F, 2]
@@ -329,11 +409,13 @@ def validate(model, val, share: torch.Tensor | None = None, pattern: tuple[float
         mask = res[0] if isinstance(res, tuple) else res
         if share is not None:
             usage.append((res[1] * share).sum(-1).mean().item())  # res[1]: gates [1, T, K]
-        s = si_sdr(istft(apply_mask(spec, mask), cfg, n.shape[-1]), c).item()
+        est = istft(apply_mask(spec, mask), cfg, n.shape[-1])  # [1, L]
+        s = si_sdr(est, c).item()
         out.append(s)
         gain.append(s - si_sdr(n, c).item())
+        polarity.append(correlation(est, c).item())
     model.train()
-    return float(np.mean(out)), float(np.mean(gain)), float(np.mean(usage)) if usage else None
+    return Scores(float(np.mean(out)), float(np.mean(gain)), float(np.mean(polarity)), float(np.mean(usage)) if usage else None)
 
 
 def param_groups(model: torch.nn.Module, lr: float, policy_scale: float) -> list[dict]:
@@ -355,15 +437,66 @@ def lr_factor(step: int, args) -> float:
 
 
 class CsvLog:
+    """Rows appended to a CSV file. A file from an earlier sitting of the run keeps its rows: columns
+    it lacks (a newer version logs more) are added to the end of its header, empty in its old rows."""
+
     def __init__(self, path: Path, fields: list[str]):
         self.path, self.fields = path, fields
-        if not path.exists():
-            with path.open("w", newline="") as f:
-                csv.writer(f).writerow(fields)
+        rows = []
+        if path.exists():
+            with path.open(newline="") as f:
+                rows = list(csv.reader(f))
+        if rows:
+            missing = [k for k in fields if k not in rows[0]]
+            self.fields = rows[0] + missing
+            if not missing:
+                return
+        width = len(self.fields)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            csv.writer(f).writerows([self.fields] + [r + [""] * (width - len(r)) for r in rows[1:]])
+        os.replace(tmp, path)  # the old file stays whole until the new one is
 
     def write(self, row: dict) -> None:
         with self.path.open("a", newline="") as f:
             csv.writer(f).writerow([row.get(k, "") for k in self.fields])
+
+
+RUN_FILES = ("last.pt", "best.pt", "train.csv", "val.csv", "args.json")  # what a run writes besides tb/
+
+
+def earlier_run(out: Path) -> list[Path]:
+    """The files of a training run already in ``out``: checkpoints, logs, arguments, TensorBoard events."""
+    if not out.is_dir():
+        return []
+    return [out / name for name in RUN_FILES if (out / name).is_file()] + sorted((out / "tb").glob("events.out.tfevents.*"))
+
+
+def check_out(out: Path, args) -> list[Path]:
+    """Raises ValueError when ``out`` holds a run that neither --resume nor --force names; returns
+    the files --force will delete."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    found = earlier_run(out)
+    if found and not (args.resume or args.force):
+        raise ValueError(f"{out} already holds a training run ({_names(out, found)}); use --resume to continue it or --force to start over")
+    return found if args.force else []
+
+
+def _names(out: Path, files: list[Path]) -> str:
+    return ", ".join(dict.fromkeys(f.name if f.parent == out else f"{f.parent.name}/" for f in files))
+
+
+def setting_warnings(args, weights: dict[str, float]) -> list[str]:
+    """Settings that train, but not as one likely meant."""
+    found = []
+    if args.warmup >= args.steps:
+        found.append(f"--warmup {args.warmup} is not shorter than --steps {args.steps}: the learning rate is still rising when the schedule ends "
+                     f"and never decays (lower --warmup)")  # fmt: skip
+    if sign_blind(weights):
+        found.append(f"--loss {args.loss} has no term that sees the sign of the output (SI-SDR and PSA cannot), so the model can learn an "
+                     f"inverted output: add snr or spec, e.g. --loss snr=1 or --loss spec=1,sisdr=0.01")  # fmt: skip
+    return found
 
 
 def main(argv=None) -> int:
@@ -372,16 +505,17 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
+    last = out / "last.pt"
+    try:  # nothing is written to --out before every input has been checked
+        replaced = check_out(out, args)
         weights = parse_weights(args.loss)
+        overrides = {} if args.init else model_overrides(args.model, args.config)
         sampler = make_sampler(args, args.seed)
     except (AudioError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
     torch.manual_seed(args.seed)  # before the model is built: its initial weights come from this seed
-    last = out / "last.pt"
     state = None
     if args.resume and last.exists():
         try:
@@ -398,8 +532,11 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     else:
-        overrides = json.loads(args.config) if args.config else {}
-        model = build(args.model, **overrides) if args.model in PRESETS else build(args.model, config_from_dict(args.model, overrides))
+        try:
+            model = build(args.model, **overrides) if args.model in PRESETS else build(args.model, config_from_dict(args.model, overrides))
+        except (TypeError, ValueError) as e:  # values of the wrong kind in --config
+            print(f"error: cannot build {args.model} with --config {args.config}: {e}", file=sys.stderr)
+            return 2
     model.train().to(memory_format=torch.channels_last)  # 2x faster convs on CPU
     opt_cls = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(param_groups(model, args.lr, args.policy_lr_scale), lr=args.lr, weight_decay=args.weight_decay if args.optimizer == "adamw" else 0.0)
@@ -416,7 +553,6 @@ def main(argv=None) -> int:
         step, best, skipped = state["step"], state["best_val_sisdr"], state.get("skipped", 0)
         torch.set_rng_state(state["torch_rng"])
         print(f"resuming {last} at step {step}")
-    (out / "args.json").write_text(json.dumps(vars(args), indent=2))
     teacher = None
     if args.teacher:
         try:
@@ -451,13 +587,27 @@ def main(argv=None) -> int:
     except AudioError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        for f in replaced:
+            f.unlink()
+        if replaced:
+            if (out / "tb").is_dir() and not any((out / "tb").iterdir()):
+                (out / "tb").rmdir()
+            print(f"--force: deleted the earlier run in {out} ({_names(out, replaced)})")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "args.json").write_text(json.dumps(vars(args), indent=2))
+    except OSError as e:
+        print(f"error: cannot write the run folder: {e}", file=sys.stderr)
+        return 2
+    for w in setting_warnings(args, weights):
+        print(f"warning: {w}", file=sys.stderr)
     from torch.utils.tensorboard import SummaryWriter
 
     tb = SummaryWriter(str(out / "tb"))
     train_log = CsvLog(out / "train.csv", ["step", "time", "lr", "loss", *(f"loss_{k}" for k in objective.term_names), "sisdr", "grad_norm", "skipped",
                                             *(["usage"] if gated else [])])  # fmt: skip
-    val_log = CsvLog(out / "val.csv", ["step", "time", "val_sisdr", "val_sisdri", *(["val_usage"] if gated else []),
-                                        *(["ood_sisdr", "ood_sisdri"] if val_ood else [])])  # fmt: skip
+    val_log = CsvLog(out / "val.csv", ["step", "time", "val_sisdr", "val_sisdri", "val_polarity", *(["val_usage"] if gated else []),
+                                        *(["ood_sisdr", "ood_sisdri", "ood_polarity"] if val_ood else [])])  # fmt: skip
 
     def save(path):
         checkpoint.save(
@@ -529,20 +679,28 @@ def main(argv=None) -> int:
             acc = {}
         if step % args.val_every == 0 or step == args.steps:
             pattern = gating.forced(step / args.steps, len(model.branches)) if gated else None
-            v, vi, vu = validate(model, val, objective.share, pattern)
-            row = {"step": step, "time": round(time.time() - t0, 1), "val_sisdr": v, "val_sisdri": vi, "val_usage": vu}
+            v = validate(model, val, objective.share, pattern)
+            row = {"step": step, "time": round(time.time() - t0, 1), "val_sisdr": v.sisdr, "val_sisdri": v.sisdri, "val_polarity": v.polarity,
+                   "val_usage": v.usage}  # fmt: skip
             if val_ood:
-                row["ood_sisdr"], row["ood_sisdri"], _ = validate(model, val_ood, objective.share, pattern)
-                tb.add_scalar("ood/sisdr", row["ood_sisdr"], step)
-                tqdm.write(f"step {step}: dev-ood SI-SDR {row['ood_sisdr']:.2f} dB ({row['ood_sisdri']:+.2f} dB over noisy)")
+                o = validate(model, val_ood, objective.share, pattern)
+                row.update(ood_sisdr=o.sisdr, ood_sisdri=o.sisdri, ood_polarity=o.polarity)
+                tb.add_scalar("ood/sisdr", o.sisdr, step)
+                tb.add_scalar("ood/polarity", o.polarity, step)
+                tqdm.write(f"step {step}: dev-ood SI-SDR {o.sisdr:.2f} dB ({o.sisdri:+.2f} dB over noisy)")
             val_log.write(row)
-            tb.add_scalar("val/sisdr", v, step)
-            tb.add_scalar("val/sisdri", vi, step)
-            if vu is not None:
-                tb.add_scalar("val/usage", vu, step)
-            tqdm.write(f"step {step}: validation SI-SDR {v:.2f} dB ({vi:+.2f} dB over noisy)" + (f", usage {vu:.2f}" if vu is not None else ""))
-            if v > best:
-                best = v
+            tb.add_scalar("val/sisdr", v.sisdr, step)
+            tb.add_scalar("val/sisdri", v.sisdri, step)
+            tb.add_scalar("val/polarity", v.polarity, step)
+            if v.usage is not None:
+                tb.add_scalar("val/usage", v.usage, step)
+            tqdm.write(f"step {step}: validation SI-SDR {v.sisdr:.2f} dB ({v.sisdri:+.2f} dB over noisy), polarity {v.polarity:+.2f}"
+                       + (f", usage {v.usage:.2f}" if v.usage is not None else ""))  # fmt: skip
+            if v.polarity < 0:
+                tqdm.write(f"warning: step {step}: the output is inverted (it correlates at {v.polarity:+.2f} with the clean speech), so it is not "
+                           f"kept as best.pt; SI-SDR cannot see the sign: train with snr or spec in --loss", file=sys.stderr)  # fmt: skip
+            elif v.sisdr > best:
+                best = v.sisdr
                 save(out / "best.pt")
         if step % args.ckpt_every == 0 or step == args.steps:
             save(last)
@@ -552,10 +710,14 @@ def main(argv=None) -> int:
     tb.close()
     for sig, handler in previous.items():  # callers (the KD ablation) must stay interruptible
         signal.signal(sig, handler)
+    summary = f"best validation SI-SDR {best:.2f} dB" if best > -math.inf else "no best.pt yet (no validation of a non-inverted output)"
     if stop["now"]:
-        print(f"interrupted at step {step}; saved {last} (continue with --resume)")
+        print(f"interrupted at step {step}; saved {last} (continue with --resume); {summary}")
         return 130
-    print(f"done: {step} steps, best validation SI-SDR {best:.2f} dB, checkpoints in {out}")
+    if step < args.steps:
+        print(f"stopped at step {step} of {args.steps} (--stop-at; continue with --resume); {summary}; checkpoints in {out}")
+        return 0
+    print(f"done: {step} steps, {summary}, checkpoints in {out}")
     return 0
 
 

@@ -102,6 +102,7 @@ def test_bad_data_source_is_one_clear_line(tmp_path, capsys):
     assert train.main(["--clean", str(tmp_path), "--noise", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "no usable audio" in err[0]
+    assert not (tmp_path / "o").exists(), "a run that could not start leaves no run folder"
     with pytest.raises(SystemExit):
         train.main(["--out", str(tmp_path)])  # no data source: argparse usage error
 
@@ -140,3 +141,137 @@ def test_augmented_training_runs_and_logs_the_ood_set(mix_folders, small_devset)
     rows = _rows(out / "val.csv")
     assert [r["step"] for r in rows] == ["2", "4"] and all(np.isfinite(float(r["ood_sisdr"])) for r in rows)
     assert list((mix_folders / "rc").glob("rooms_*.npz"))
+
+
+def _fails(argv) -> int:
+    """The exit status of a run that must stop before training: returned, or raised by argparse."""
+    try:
+        return train.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    return err[0]
+
+
+def test_an_existing_run_is_refused_without_resume_or_force(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(_args(out, 10)) == 0
+    (out / "notes.txt").write_text("mine")
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    capsys.readouterr()
+    assert train.main(_args(out, 6, "--seed", "1")) == 2
+    line = _one_error_line(capsys)
+    assert "already holds a training run" in line and "--resume" in line and "--force" in line
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before, "a refused run must not touch the old one"
+
+    assert train.main(_args(out, 6, "--seed", "1", "--force")) == 0
+    assert [r["step"] for r in _rows(out / "train.csv")] == ["5"], "only the new run's rows"
+    assert checkpoint.read(out / "last.pt")["step"] == 6
+    assert not (out / "best.pt").exists() or checkpoint.read(out / "best.pt")["step"] == 6, "the old best.pt (step 10) is gone"
+    assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 1
+    assert (out / "notes.txt").read_text() == "mine", "--force deletes the run's files only"
+    capsys.readouterr()
+    assert _fails(_args(out, 6, "--force", "--resume")) == 2
+    assert "give one" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model", "studnet"], "did you mean 'student'?"),
+    (["--config", "{channels: [4]}"], "not valid JSON"),
+    (["--config", "[4, 8]"], "must be a JSON object"),
+    (["--config", '{"chanels": [4, 4, 8]}'], "did you mean 'channels'?"),
+    (["--config", '{"channels": "wide"}'], "--config"),
+    (["--batch", "0"], "argument --batch: must be above 0"),
+    (["--steps", "0"], "argument --steps: must be above 0"),
+    (["--steps", "-5"], "argument --steps: must be above 0"),
+    (["--lr", "0"], "argument --lr: must be above 0"),
+    (["--lr", "nan"], "argument --lr: must be above 0"),
+    (["--seconds", "x"], "argument --seconds: expected a number"),
+    (["--warmup", "-1"], "argument --warmup: must be at least 0"),
+    (["--final-lr", "2"], "at most 1"),
+    (["--val-every", "0"], "argument --val-every: must be above 0"),
+])  # fmt: skip
+def test_bad_options_are_one_clear_line_and_leave_no_out(tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    argv = _args(out, 4)
+    if extra[0] == "--model":
+        argv = argv[: argv.index("--config")] + argv[argv.index("--config") + 2 :]  # a preset and no config
+    assert _fails([*argv, *extra]) == 2
+    assert message in _one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_warmup_longer_than_the_run_and_sign_blind_losses_warn():
+    def warned(*extra):
+        args = train.parse_args(["--synthetic", "--out", "x", *extra])
+        return " | ".join(train.setting_warnings(args, train.parse_weights(args.loss)))
+
+    assert warned("--steps", "20000") == ""
+    assert "--warmup 500 is not shorter than --steps 100" in warned("--steps", "100")
+    for loss in ("sisdr=1", "sisdr=1,psa=0.5", "spec=0,sisdr=1"):
+        assert "SI-SDR and PSA cannot" in warned("--loss", loss) and "snr or spec" in warned("--loss", loss)
+    for loss in ("snr=1", "sisdr=1,snr=0.1", "spec=1,sisdr=0.01"):
+        assert warned("--loss", loss) == ""
+
+
+def test_help_shows_the_defaults():
+    text = subprocess.run([sys.executable, "-m", "distill.train", "--help"], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+    flat = " ".join(text.split())
+    for option, default in [("--batch", "16"), ("--steps", "20000"), ("--lr", "0.001"), ("--warmup", "500"), ("--seed", "0")]:
+        assert f"(default: {default})" in flat.split(option, 2)[2].split(" --", 1)[0], option
+    assert "(default: None)" not in flat
+
+
+@pytest.mark.parametrize("inverted", [False, True])
+def test_validation_logs_polarity_and_best_skips_an_inverted_model(tmp_path, capsys, inverted):
+    """The shipped student with its output negated: SI-SDR the same, polarity negative."""
+    init = ROOT / "assets" / "checkpoints" / "student.pt"
+    if inverted:
+        checkpoint.flip_polarity(init, tmp_path / "flipped.pt")
+        init = tmp_path / "flipped.pt"
+    out = tmp_path / "run"
+    argv = ["--synthetic", "--init", str(init), "--steps", "2", "--lr", "1e-9", "--warmup", "0", "--batch", "2", "--seconds", "0.5",
+            "--val-every", "1", "--threads", "1", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert train.main(argv) == 0
+    rows = _rows(out / "val.csv")
+    polarity = [float(r["val_polarity"]) for r in rows]
+    err = capsys.readouterr().err
+    if inverted:
+        assert all(p < -0.9 for p in polarity)
+        assert err.count("warning: step") == 2 and "the output is inverted" in err
+        assert not (out / "best.pt").exists()
+    else:
+        assert all(p > 0.9 for p in polarity) and "inverted" not in err
+        assert (out / "best.pt").is_file()
+    assert [float(r["val_sisdr"]) > 10 for r in rows] == [True, True]
+
+
+def test_logs_of_an_earlier_version_gain_the_new_columns(tmp_path):
+    from benchmarks.curves import read_curve
+
+    old = "step,time,val_sisdr,val_sisdri,ood_sisdr,ood_sisdri\n500,940.7,6.5,1.7,2.6,1.1\n1000,2026.8,7.5,2.6,1.9,0.4\n"
+    (tmp_path / "val.csv").write_text(old)
+    log = train.CsvLog(tmp_path / "val.csv", ["step", "time", "val_sisdr", "val_sisdri", "val_polarity", "ood_sisdr", "ood_sisdri", "ood_polarity"])
+    log.write({"step": 1500, "time": 1.0, "val_sisdr": 8.0, "val_sisdri": 3.0, "val_polarity": 0.9, "ood_sisdr": 3.0, "ood_sisdri": 1.5, "ood_polarity": 0.8})
+    rows = _rows(tmp_path / "val.csv")
+    assert [r["step"] for r in rows] == ["500", "1000", "1500"] and all(None not in r for r in rows)
+    assert [r["val_polarity"] for r in rows] == ["", "", "0.9"] and rows[0]["ood_sisdri"] == "1.1"
+    assert read_curve(tmp_path) == {"dev": [(500, 6.5), (1000, 7.5), (1500, 8.0)], "dev-ood": [(500, 2.6), (1000, 1.9), (1500, 3.0)]}
+
+
+def test_a_stop_before_the_end_says_so(tmp_path, capsys):
+    assert train.main(_args(tmp_path, 20, "--stop-at", "5")) == 0
+    out = capsys.readouterr().out
+    assert "stopped at step 5 of 20" in out and "--resume" in out and "-inf" not in out
+
+
+def test_default_recipe_fine_tunes_with_a_sign_aware_loss():
+    from distill.losses import sign_blind
+
+    losses = [w.split()[0] for w in (ROOT / "recipes" / "default.sh").read_text().split("--loss")[1:]]
+    assert losses and not any(sign_blind(train.parse_weights(loss)) for loss in losses)
