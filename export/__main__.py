@@ -15,6 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
+from distill import need_torch; need_torch("export", __name__)  # noqa: E702 (before torch is imported: names the extra to install)
 from distill import checkpoint
 from distill.models.gated_crn import GatedCRN
 from runtime.audio import AudioError, list_audio, load
