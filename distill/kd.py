@@ -2,7 +2,7 @@
 plain magnitude KD, DFKD-style frequency-dependent KD with multi-scale patches (MSSP), and
 intra-activation Gram KD for the two-step schedule.
 
-What comes from the authors' code and what is inferred is listed in the README ("Distillation");
+What comes from the authors' code and what is inferred is listed in docs/training.md ("Distillation");
 every inferred choice is a field of :class:`KDConfig`.
 
 Waveforms are ``[B, L]``; the KD losses of DISPatch/DFKD run on their own STFT (512-point Hann,
