@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import sys
 import time
