@@ -4,7 +4,8 @@ Writes ONNX and TFLite models (fp32 and int8, plus an integer-I/O TFLite for mic
 its C array, golden vectors, ``manifest.json`` and a model card. A gated checkpoint becomes a gated
 bundle instead: the trunk, the policy and each branch as separate graphs (``export/gated.py``). The bundle is built in a temporary
 folder next to DIR and moved into place only when every check passed; a failed check prints a
-report and exits 1, leaving DIR as it was.
+report and exits 1, leaving DIR as it was. What converters and quantisers print goes to
+``DIR.export.log`` beside the bundle.
 """
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from pathlib import Path
 from distill import need_torch; need_torch("export", __name__)  # noqa: E702 (before torch is imported: names the extra to install)
 from distill import checkpoint
 from distill.models.gated_crn import GatedCRN
+from export import log_to
 from runtime.audio import AudioError, list_audio, load
 from runtime.bundle import BundleError, sha256
 
 SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "sample" / "noisy.wav"
+SAMPLE_CLEAN = SAMPLE.with_name("clean.wav")
 
 
 def parse_args(argv):
@@ -33,8 +36,12 @@ def parse_args(argv):
     p.add_argument("--calibration", nargs="*", type=Path, default=[], help="audio files or folders of real (noisy) speech for int8 calibration")
     p.add_argument("--calibration-frames", type=int, default=1000, help="frames (with their states) used to calibrate")
     p.add_argument("--parity-audio", type=Path, default=SAMPLE, help="real speech streamed for the parity check (default: the shipped sample)")
-    p.add_argument("--devset", type=Path, help="folder with noisy/ and clean/ for the int8 quality check")
+    p.add_argument("--devset", type=Path, help="folder with noisy/ and clean/: the verification pairs of the model check and the int8 quality "
+                   "check (default: the shipped sample's noisy.wav and clean.wav, one 10 s pair)")  # fmt: skip
     p.add_argument("--devset-files", type=int, help="use this many dev files, spread over the set")
+    p.add_argument("--allow-bad-model", action="store_true",
+                   help="export even if the model check fails (output anti-correlated with clean speech, or worse than its input); "
+                        "recorded in the manifest as overridden")  # fmt: skip
     p.add_argument("--parity-tolerance", type=float, default=1e-4)
     p.add_argument("--pesq-budget", type=float, default=0.10, help="largest allowed PESQ drop of int8 against fp32")
     p.add_argument("--sisdr-budget", type=float, default=0.5, help="largest allowed SI-SDR drop (dB) of int8 against fp32")
@@ -73,6 +80,15 @@ def _writable_parent(out: Path, force: bool) -> None:
         raise BundleError(f"{out} is a file, not a bundle folder; choose another --out")
 
 
+def log_path(out: Path) -> Path:
+    """The export log: beside the bundle, so that it survives a failed export."""
+    return out.resolve().parent / f"{out.resolve().name}.export.log"
+
+
+def say(msg: str) -> None:
+    print(f"export: {msg}", flush=True)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from export.build import ExportError, Options, build  # imports torch and the converters: after argument checks
@@ -85,36 +101,57 @@ def main(argv=None) -> int:
         payload = checkpoint.read(args.checkpoint)
         rate = model.config.stft.sample_rate
         parity = load(args.parity_audio, rate)
-        from export.verify import load_pairs
+        from export import verify
 
-        devset = load_pairs(args.devset, args.devset_files, rate) if args.devset else []
+        if args.devset:
+            pairs, source = verify.load_pairs(args.devset, args.devset_files, rate), str(args.devset)
+            if not pairs:
+                raise AudioError(f"--devset {args.devset}: no readable noisy/clean pairs")
+        else:
+            pairs, source = verify.load_sample(SAMPLE, SAMPLE_CLEAN, rate), "the shipped sample (assets/sample/noisy.wav, clean.wav)"
         # Calibration takes --calibration-frames spread over the files, so 20 dev files are plenty; tracing
         # every file of a large dev set would only cost time and memory (every frame's states are kept).
-        calib = _audio(args.calibration, rate) if args.calibration else ([n for n, _ in devset][:: -(-len(devset) // 20)] or [parity])
+        calib = _audio(args.calibration, rate) if args.calibration else [n for n, _ in pairs][:: -(-len(pairs) // 20)]
+        if not args.devset:
+            say(f"no --devset: verifying on {source} (pass --devset for a measurement over many files)")
+        say(f"model check: PyTorch fp32 on {len(pairs)} verification pair(s)")
+        check = verify.model_check(model, pairs, source)
+        report_check(check)
+        if not check["passed"]:
+            if not args.allow_bad_model:
+                print(f"error: verification failed: the model check refused it ({'; '.join(check['problems'])}); "
+                      f"pass --allow-bad-model to export it anyway; {args.out} was left unchanged", file=sys.stderr)  # fmt: skip
+                return 1
+            check["overridden"] = True
+            print(f"warning: exporting a model that failed the model check (--allow-bad-model): {'; '.join(check['problems'])}", file=sys.stderr)
         options = Options(
             formats=args.formats,
             parity_audio=parity,
             parity_name=args.parity_audio.name,
             calibration=calib,
             calibration_frames=args.calibration_frames,
-            devset=devset,
-            devset_name=str(args.devset) if args.devset else "",
+            pairs=pairs,
+            pairs_name=source,
+            check=check,
             parity_tolerance=args.parity_tolerance,
             pesq_budget=args.pesq_budget,
             sisdr_budget=args.sisdr_budget,
             golden_frames=args.golden_frames,
-            log=lambda msg: print(f"export: {msg}", flush=True),
+            log=say,
         )
         info = {"name": payload["model"]["name"], "file": args.checkpoint.name, "sha256": sha256(args.checkpoint), "step": payload.get("step"), "note": args.note}
         tmp = args.out.resolve().parent / f".{args.out.name}.partial-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        if isinstance(model, GatedCRN):
-            from export.gated import build_gated
+        log = log_path(args.out)
+        say(f"messages of the converters and quantisers go to {log}")
+        with log_to(log, "python -m export " + " ".join(map(str, sys.argv[1:] if argv is None else argv))):
+            if isinstance(model, GatedCRN):
+                from export.gated import build_gated
 
-            manifest = build_gated(model, info, tmp, options)
-        else:
-            manifest = build(model, info, tmp, options)
+                manifest = build_gated(model, info, tmp, options)
+            else:
+                manifest = build(model, info, tmp, options)
     except (checkpoint.CheckpointError, AudioError, BundleError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         if tmp is not None:
@@ -140,29 +177,53 @@ def main(argv=None) -> int:
     return 0
 
 
+def _verdict(passed: bool) -> str:
+    return "ok" if passed else "FAILED"
+
+
+def report_check(check: dict) -> None:
+    ref = check["reference"]
+    print(f"\nmodel check on {check['files']} pair(s) of {check['pairs']} (PyTorch fp32):")
+    print(f"  SI-SDR {ref['si_sdr']:.2f} dB, noisy input {check['input_si_sdr']:.2f} dB ({check['si_sdr_gain']:+.2f} dB; must not be below the input)")
+    print(f"  correlation with clean speech {ref['correlation']:+.3f}, polarity {check['polarity']} (must be positive)")
+    state = "OVERRIDDEN (--allow-bad-model)" if check["overridden"] else _verdict(check["passed"])
+    print(f"  PESQ {ref['pesq']:.3f}; model check {state}\n")
+
+
+def _int8_parity(snr: float) -> str:
+    return f"int8 vs fp32 mask SNR {snr:5.1f} dB (not a pass/fail: int8 is judged by its quality below)"
+
+
 def report(manifest: dict) -> None:
     ver = manifest["verification"]
-    print("\nparity (streamed mask against PyTorch):")
+    print(f"\nparity: {ver['parity_audio']} streamed through every model, mask against PyTorch fp32:")
     for name, r in ver["parity"].items():
-        tol = f"<= {r['tolerance']:g}" if r["tolerance"] is not None else "(int8: see quality)"
         if "gates" in r:  # a gated bundle: every way of driving the gates
-            err = ", ".join(f"{g} {v['mask_max_abs_error']:.2e}" for g, v in r["gates"].items())
-            print(f"  {name:12s} max abs error gates {err} {tol} {'ok' if r['passed'] else 'FAILED'}")
+            if r["tolerance"] is None:
+                snr = ", ".join(f"{g} {v['mask_snr_db']:.1f}" for g, v in r["gates"].items())
+                print(f"  {name:12s} int8 vs fp32 mask SNR by gates: {snr} dB (not a pass/fail: int8 is judged by its quality below)")
+            else:
+                err = ", ".join(f"{g} {v['mask_max_abs_error']:.2e}" for g, v in r["gates"].items())
+                print(f"  {name:12s} max abs error by gates: {err} (tolerance {r['tolerance']:g}) {_verdict(r['passed'])}")
             print(f"  {'':12s} branch usage from the policy {r['gates']['policy']['branch_usage']} (PyTorch {r['pytorch_branch_usage']})")
             continue
-        print(f"  {name:22s} max abs error {r['mask_max_abs_error']:.2e} {tol:22s} {'ok' if r['passed'] else 'FAILED'}")
-    q = ver.get("quality") or {}
-    if q.get("results"):
-        ref = q["reference"]
-        print(f"\nquality on {q['files']} dev files (fp32 PyTorch: PESQ {ref['pesq']:.3f}, SI-SDR {ref['si_sdr']:.2f} dB):")
-        for name, r in q["results"].items():
-            setting = r["setting"] if "setting" in r else manifest["files"][name]["quantization"]["setting"]
-            print(
-                f"  {name:22s} PESQ {r['pesq']:.3f} ({-r['pesq_drop']:+.3f})  SI-SDR {r['si_sdr']:.2f} ({-r['si_sdr_drop']:+.2f} dB)  "
-                f"[{setting}] {'ok' if r['passed'] else 'FAILED'}"
-            )
-    elif q:
-        print(f"\nquality: not measured ({q.get('reason')})")
+        if r["tolerance"] is None:
+            print(f"  {name:22s} {_int8_parity(r['mask_snr_db'])}")
+        else:
+            print(f"  {name:22s} max abs error {r['mask_max_abs_error']:.2e} (tolerance {r['tolerance']:g}) {_verdict(r['passed'])}")
+    q = ver["quality"]
+    ref, budget = q["reference"], q["budget"]
+    print(f"\nint8 quality on {q['files']} pair(s) of {q['devset']} against fp32 PyTorch (PESQ {ref['pesq']:.3f}, SI-SDR {ref['si_sdr']:.2f} dB);")
+    print(f"budget: PESQ drop <= {budget['pesq_drop']:g}, SI-SDR drop <= {budget['si_sdr_drop']:g} dB, same polarity as fp32:")
+    for name, r in q["results"].items():
+        setting = r["setting"] if "setting" in r else manifest["files"][name]["quantization"]["setting"]
+        print(
+            f"  {name:22s} PESQ {r['pesq']:.3f} (drop {r['pesq_drop']:+.3f})  SI-SDR {r['si_sdr']:.2f} dB (drop {r['si_sdr_drop']:+.2f})  "
+            f"correlation {r['correlation']:+.2f}  [{setting}] {_verdict(r['passed'])}"
+        )
+    check = ver["model"]
+    if check["overridden"]:
+        print(f"\nmodel check OVERRIDDEN (--allow-bad-model): {'; '.join(check['problems'])}")
 
 
 if __name__ == "__main__":

@@ -24,11 +24,11 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from distill.models import gated_cost
-from export import build, calibration, firmware, verify
-from export.build import ExportError, Options
+from export import build, calibration, firmware, quiet, verify
+from export.build import ExportError, Options, check_card, passed
 from export.graph import Named, prepare
 from runtime.backends import GATE_MODES, GatedRunner
-from runtime.bundle import MANIFEST, Bundle, StateSpec, sha256
+from runtime.bundle import MANIFEST, Bundle, StateSpec, seal, sha256
 
 GATE_PROTOCOL = (
     "Per frame: compute features and energies from the frame (transforms). Run the parts in 'order'. "
@@ -173,7 +173,7 @@ def _calibration_samples(model: nn.Module, signals: list[np.ndarray], limit: int
     graphs = parts(model)
     records = {n: [] for n in graphs}
     runner = torch_runner(model, "on", records)
-    for x in tqdm(signals, desc="calibration", leave=False, dynamic_ncols=True):
+    for x in tqdm(signals, desc="calibration", leave=False, dynamic_ncols=True, disable=None):
         verify.stream(runner, calibration.frames(model, x).numpy())
     out = {}
     for name, rows in records.items():
@@ -263,16 +263,17 @@ def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options
         for name, entry in files.items():
             entry["sha256"] = sha256(out / name)
             entry["bytes"] = (out / name).stat().st_size
-        (out / MANIFEST).write_text(json.dumps(manifest(model, section, checkpoint_info, files, verification), indent=1))
+        (out / MANIFEST).write_text(json.dumps(seal(manifest(model, section, checkpoint_info, files, verification)), indent=1))
 
     def open_bundle() -> Bundle:
         write_manifest(verification)
         return Bundle(out)
 
     def runner(bundle, fmt, precision, gates="policy"):
-        return GatedRunner.open(bundle, {"onnx": "onnxruntime", "tflite": "litert"}[fmt], precision, 1, gates)
+        with quiet():  # interpreters announce their delegates
+            return GatedRunner.open(bundle, {"onnx": "onnxruntime", "tflite": "litert"}[fmt], precision, 1, gates)
 
-    verification = {"parity": {}, "quality": None, "passed": False, "parity_audio": opt.parity_name}
+    verification = {"model": opt.check, "parity": {}, "quality": None, "passed": False, "parity_audio": opt.parity_name}
     spec = calibration.frames(model, opt.parity_audio).numpy()
     refs = {g: reference(model, spec, g) for g in GATE_MODES}
     torch_masks = {g: verify.stream(torch_runner(model, g), spec) for g in GATE_MODES}
@@ -288,33 +289,30 @@ def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options
                 for g in GATE_MODES:
                     r = runner(bundle, fmt, precision, g)
                     masks = verify.stream(r, spec)
-                    res[g] = {"mask_max_abs_error": float(np.abs(masks - refs[g][0]).max()), "branch_usage": r.usage()["branch_usage"]}
+                    res[g] = {"mask_max_abs_error": float(np.abs(masks - refs[g][0]).max()), "mask_snr_db": verify.snr_db(masks, refs[g][0]),
+                              "branch_usage": r.usage()["branch_usage"]}  # fmt: skip
                 tol = opt.parity_tolerance if precision == "fp32" else None
                 passed = tol is None or all(v["mask_max_abs_error"] <= tol for v in res.values())
                 pytorch_usage = refs["policy"][1].mean(0).round(4).tolist()
                 verification["parity"][f"{fmt}/{precision}"] = {"frames": len(spec), "tolerance": tol, "passed": bool(passed), "gates": res, "pytorch_branch_usage": pytorch_usage}
 
-    if opt.devset:
-        log(f"quality: PyTorch fp32 (policy gates) on {len(opt.devset)} dev files")
-        ref_scores = verify.quality(model, {}, opt.devset)["pytorch"]
-        quality = {"devset": opt.devset_name, "files": len(opt.devset), "budget": {"pesq_drop": opt.pesq_budget, "si_sdr_drop": opt.sisdr_budget},
-                   "reference": ref_scores, "attempts": [], "results": {}}  # fmt: skip
-        for fmt in opt.formats:
-            for i, attempt in enumerate(attempts[fmt]):
-                if i:
-                    log(f"{fmt}: over budget, re-quantising ({attempt[0]})")
-                    quantise(fmt, attempt)
-                log(f"quality: {fmt} int8 parts ({attempt[0]})")
-                r = runner(open_bundle(), fmt, "int8")
-                verdicts = verify.judge(verify.quality(model, {f"{fmt}/int8": r}, opt.devset, reference=ref_scores), opt.pesq_budget, opt.sisdr_budget)
-                verdicts[f"{fmt}/int8"].update(branch_usage=r.usage()["branch_usage"], setting=attempt[0])
-                quality["attempts"].append({"format": fmt, "setting": attempt[0], "results": verdicts})
-                if all(v["passed"] for v in verdicts.values()):
-                    break
-            quality["results"].update(verdicts)
-        verification["quality"] = quality
-    else:
-        verification["quality"] = {"run": False, "reason": "no dev set given (--devset): int8 quality not measured"}
+    ref_scores = opt.check["reference"]  # PyTorch fp32 with the policy's gates
+    quality = {"devset": opt.pairs_name, "files": len(opt.pairs), "budget": {"pesq_drop": opt.pesq_budget, "si_sdr_drop": opt.sisdr_budget},
+               "reference": ref_scores, "attempts": [], "results": {}}  # fmt: skip
+    for fmt in opt.formats:
+        for i, attempt in enumerate(attempts[fmt]):
+            if i:
+                log(f"{fmt}: over budget, re-quantising ({attempt[0]})")
+                quantise(fmt, attempt)
+            log(f"quality: {fmt} int8 parts ({attempt[0]}) on {len(opt.pairs)} pair(s)")
+            r = runner(open_bundle(), fmt, "int8")
+            verdicts = verify.judge(verify.quality(model, {f"{fmt}/int8": r}, opt.pairs, reference=ref_scores), opt.pesq_budget, opt.sisdr_budget)
+            verdicts[f"{fmt}/int8"].update(branch_usage=r.usage()["branch_usage"], setting=attempt[0])
+            quality["attempts"].append({"format": fmt, "setting": attempt[0], "results": verdicts})
+            if all(v["passed"] for v in verdicts.values()):
+                break
+        quality["results"].update(verdicts)
+    verification["quality"] = quality
     check_parity()  # after quality, which may have re-quantised the int8 files
 
     if "tflite" in opt.formats:
@@ -326,8 +324,7 @@ def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options
             add(f"{symbol}.cc", "c_source", embeds=f"{name}.int8.tflite", symbol=symbol, alignment=16)
         _golden(out, spec[: opt.golden_frames], runner(open_bundle(), "tflite", "int8"), add)
 
-    quality_ok = not opt.devset or all(v["passed"] for v in verification["quality"]["results"].values())
-    verification["passed"] = all(v["passed"] for v in verification["parity"].values()) and quality_ok
+    verification["passed"] = passed(verification)
     (out / "README.md").write_text(model_card(manifest(model, section, checkpoint_info, files, verification)))
     add("README.md", "model_card")
     write_manifest(verification)
@@ -442,22 +439,25 @@ def model_card(m: dict) -> str:
         "",
         "## Verification (run by this export)",
         "",
-        f"Parity: {ver.get('parity_audio', '')} streamed frame by frame; largest absolute mask error against PyTorch's hard-gated step:",
+        check_card(ver["model"]),
         "",
-        "| parts | gates on | gates off | policy | branch usage (policy) | tolerance | passed |",
-        "|---|---:|---:|---:|---|---:|---|",
+        f"Parity: {ver.get('parity_audio', '')} streamed frame by frame against PyTorch's hard-gated step: largest absolute mask "
+        "error (fp32: must be within the tolerance) and mask SNR (int8: judged by quality instead):",
+        "",
+        "| parts | gates on | gates off | policy | mask SNR on/off/policy (dB) | branch usage (policy) | tolerance | passed |",
+        "|---|---:|---:|---:|---|---|---:|---|",
         *[
             f"| {n} | {r['gates']['on']['mask_max_abs_error']:.2e} | {r['gates']['off']['mask_max_abs_error']:.2e} | "
-            f"{r['gates']['policy']['mask_max_abs_error']:.2e} | {r['gates']['policy']['branch_usage']} | {r['tolerance'] or '-'} | {r['passed']} |"
+            f"{r['gates']['policy']['mask_max_abs_error']:.2e} | {' / '.join('%.1f' % v['mask_snr_db'] for v in r['gates'].values())} | "
+            f"{r['gates']['policy']['branch_usage']} | {r['tolerance'] or '-'} | {r['passed']} |"
             for n, r in ver["parity"].items()
         ],
         "",
     ]
-    q = ver.get("quality") or {}
-    if q.get("results"):
-        lines += [f"Int8 against fp32 on {q['files']} files of {q['devset']} (budget: PESQ drop <= {q['budget']['pesq_drop']}, SI-SDR drop <= {q['budget']['si_sdr_drop']} dB):", ""]
-        lines += [f"- {n}: PESQ {r['pesq']:.3f} ({r['pesq_drop']:+.3f}), SI-SDR {r['si_sdr']:.2f} dB ({r['si_sdr_drop']:+.2f}), passed {r['passed']}" for n, r in q["results"].items()]
-    elif q:
-        lines.append(f"Int8 quality: not measured ({q.get('reason', '')}).")
+    q = ver["quality"]
+    lines += [f"Int8 against fp32 on {q['files']} pair(s) of {q['devset']} (budget: PESQ drop <= {q['budget']['pesq_drop']}, "
+              f"SI-SDR drop <= {q['budget']['si_sdr_drop']} dB, same polarity as fp32):", ""]  # fmt: skip
+    lines += [f"- {n}: PESQ {r['pesq']:.3f} ({r['pesq_drop']:+.3f}), SI-SDR {r['si_sdr']:.2f} dB ({r['si_sdr_drop']:+.2f}), "
+              f"correlation {r['correlation']:+.3f}, passed {r['passed']}" for n, r in q["results"].items()]  # fmt: skip
     lines += ["", "## Training", "", f"Checkpoint `{ck.get('file')}` (sha256 `{ck.get('sha256', '')[:16]}...`, step {ck.get('step')}). " + ck.get("note", ""), ""]
     return "\n".join(lines)

@@ -18,7 +18,7 @@ def export_fp32(step: Step, example: tuple[torch.Tensor, ...], inputs: list[str]
     """Export with the dynamo exporter, check the graph, and store ``metadata`` (JSON values) in
     the model's metadata properties so the file describes itself."""
     with quiet():
-        program = torch.onnx.export(step, example, input_names=inputs, output_names=outputs, dynamo=True, opset_version=OPSET, verbose=False)
+        program = torch.onnx.export(step.eval(), example, input_names=inputs, output_names=outputs, dynamo=True, opset_version=OPSET, verbose=False)
     program.save(str(path))
     model = onnx.load(str(path))
     for key, value in metadata.items():
@@ -43,7 +43,8 @@ def quantize_int8(fp32: Path, out: Path, samples: list[dict[str, np.ndarray]], k
     """Static QDQ quantisation with per-channel int8 weights and int8 activations, calibrated by
     min/max on ``samples`` (graph inputs recorded while streaming real audio). Nodes of the
     ``keep_float`` submodules stay in float. Returns what was done, for the manifest."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    with quiet():
+        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self):

@@ -26,9 +26,9 @@ SIGNATURE = "serving_default"
 def convert(module: nn.Module, sample_kwargs: dict, path: Path) -> None:
     """fp32 flatbuffer of ``module`` (keyword inputs, dict outputs: the names become the
     signature's)."""
-    import litert_torch
-
     with quiet():
+        import litert_torch
+
         litert_torch.convert(module.eval(), sample_args=(), sample_kwargs=sample_kwargs).export(str(path))
 
 
@@ -48,24 +48,24 @@ def quantize(
     graph inputs and outputs (else float, with (de)quantise ops inside). ``activation_bits`` 8
     or 16 (a16w8); ``wide``: class name of a submodule whose activations get 16 bits anyway.
     """
-    from ai_edge_quantizer import calibrator, qtyping, quantizer, recipe, recipe_manager
-    from ai_edge_quantizer.utils import qsv_utils
-
-    op = qtyping.TFLOperationName
-    qt = quantizer.Quantizer(str(fp32))
-    qt.load_quantization_recipe(recipe.static_wi8_ai8() if activation_bits == 8 else recipe.static_wi8_ai16())
-    for name in keep_float:
-        qt.update_quantization_recipe(regex=f".*{name}.*", operation_name=op.ALL_SUPPORTED, algorithm_key="no_quantize")
-    if wide:
-        qt.add_static_config(regex=f".*{wide}.*", operation_name=op.ALL_SUPPORTED, activation_num_bits=16, weight_num_bits=8)
-    if not integer_io:
-        for which in (op.INPUT, op.OUTPUT):
-            qt.update_quantization_recipe(regex=".*", operation_name=which, algorithm_key="no_quantize")
-    manager = recipe_manager.RecipeManager()
-    manager.load_quantization_recipe(qt.get_quantization_recipe())
-    # The default calibration update is a moving average dominated by the last few samples,
-    # which clips the recurrent states; the global min/max keeps every range seen.
     with quiet():
+        from ai_edge_quantizer import calibrator, qtyping, quantizer, recipe, recipe_manager
+        from ai_edge_quantizer.utils import qsv_utils
+
+        op = qtyping.TFLOperationName
+        qt = quantizer.Quantizer(str(fp32))
+        qt.load_quantization_recipe(recipe.static_wi8_ai8() if activation_bits == 8 else recipe.static_wi8_ai16())
+        for name in keep_float:
+            qt.update_quantization_recipe(regex=f".*{name}.*", operation_name=op.ALL_SUPPORTED, algorithm_key="no_quantize")
+        if wide:
+            qt.add_static_config(regex=f".*{wide}.*", operation_name=op.ALL_SUPPORTED, activation_num_bits=16, weight_num_bits=8)
+        if not integer_io:
+            for which in (op.INPUT, op.OUTPUT):
+                qt.update_quantization_recipe(regex=".*", operation_name=which, algorithm_key="no_quantize")
+        manager = recipe_manager.RecipeManager()
+        manager.load_quantization_recipe(qt.get_quantization_recipe())
+        # The default calibration update is a moving average dominated by the last few samples,
+        # which clips the recurrent states; the global min/max keeps every range seen.
         cal = calibrator.Calibrator(fp32.read_bytes(), num_threads=1, qsv_update_func=qsv_utils.min_max_update)
         cal.calibrate({SIGNATURE: samples}, manager)
         qsvs = cal.get_model_qsvs()
@@ -98,7 +98,8 @@ def interpreter(path: Path, threads: int = 1):
 
 def io_details(path: Path) -> dict[str, dict]:
     """Signature tensors by name: shape, dtype and, when quantised, scale and zero point."""
-    sig = interpreter(path).get_signature_runner(SIGNATURE)
+    with quiet():  # the interpreter announces its delegate
+        sig = interpreter(path).get_signature_runner(SIGNATURE)
     out = {}
     for d in (*sig.get_input_details().items(), *sig.get_output_details().items()):
         name, info = d

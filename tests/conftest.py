@@ -40,12 +40,13 @@ def small_devset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def small_bundle(small_checkpoint, small_devset, tmp_path_factory):
-    """A full export of the small student, int8 quality check included (budget loosened: the
-    model is untrained, the check itself still runs end to end)."""
+    """A full export of the small student, int8 quality check included (budget loosened and the
+    model check overridden: the model is untrained, the checks themselves still run end to end)."""
     import export.__main__ as cli
 
     out = tmp_path_factory.mktemp("b") / "bundle"
-    args = ["--checkpoint", str(small_checkpoint), "--out", str(out), "--devset", str(small_devset), "--pesq-budget", "5", "--sisdr-budget", "50"]
+    args = ["--checkpoint", str(small_checkpoint), "--out", str(out), "--devset", str(small_devset), "--pesq-budget", "5", "--sisdr-budget", "50",
+            "--allow-bad-model"]  # fmt: skip
     assert cli.main([*args, "--calibration-frames", "60", "--golden-frames", "20"]) == 0
     return out
 
@@ -80,7 +81,8 @@ def level_jumps(rng, n: int):
 
 @pytest.fixture(scope="session")
 def gated_bundle(gated_checkpoint, small_devset, tmp_path_factory):
-    """A full export of the gated model, with its parity audio level-jumping noise."""
+    """A full export of the gated model, with its parity audio level-jumping noise (untrained, so
+    past the model check with --allow-bad-model)."""
     import numpy as np
     import soundfile as sf
 
@@ -90,6 +92,6 @@ def gated_bundle(gated_checkpoint, small_devset, tmp_path_factory):
     parity = root / "jumps.wav"
     sf.write(parity, level_jumps(np.random.default_rng(2), 24000), 16000)
     args = ["--checkpoint", str(gated_checkpoint), "--out", str(root / "bundle"), "--devset", str(small_devset), "--parity-audio", str(parity),
-            "--pesq-budget", "5", "--sisdr-budget", "50", "--calibration-frames", "60"]  # fmt: skip
+            "--pesq-budget", "5", "--sisdr-budget", "50", "--calibration-frames", "60", "--allow-bad-model"]  # fmt: skip
     assert cli.main(args) == 0
     return root / "bundle"

@@ -9,7 +9,7 @@ import soundfile as sf
 import export.__main__ as cli
 from distill import checkpoint
 from export import firmware, to_tflite
-from runtime.bundle import Bundle, BundleError, sha256
+from runtime.bundle import Bundle, BundleError, manifest_digest, sha256
 
 FAST = ["--calibration-frames", "60", "--golden-frames", "20"]
 
@@ -31,7 +31,8 @@ def devset(small_devset):
 
 def test_manifest_lists_every_file_with_its_sha256(bundle, ckpt):
     m = json.loads((bundle / "manifest.json").read_text())
-    assert m["schema"] == "tiny-denoise-bundle" and m["schema_version"] == 1
+    assert m["schema"] == "tiny-denoise-bundle" and m["schema_version"] == 2
+    assert m["manifest_sha256"] == manifest_digest(m)
     on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} - {"manifest.json"}
     assert on_disk == set(m["files"])
     for name, entry in m["files"].items():
@@ -51,7 +52,19 @@ def test_fp32_parity_and_quality_recorded(bundle):
     assert ver["passed"]
     for name in ("model.pt2", "model.onnx", "model.tflite"):
         assert ver["parity"][name]["mask_max_abs_error"] <= 1e-4
+    for name in ("model.int8.onnx", "model.int8.tflite", "model.int8io.tflite"):
+        assert ver["parity"][name]["tolerance"] is None and 10 < ver["parity"][name]["mask_snr_db"] < 200
     assert set(ver["quality"]["results"]) == {"model.int8.onnx", "model.int8.tflite", "model.int8io.tflite"}
+    assert all(r["correlation"] > 0 for r in ver["quality"]["results"].values())
+
+
+def test_untrained_model_fails_the_model_check_and_the_override_is_recorded(bundle):
+    """The fixture's model is untrained: it makes its input worse, so only --allow-bad-model ships it."""
+    m = json.loads((bundle / "manifest.json").read_text())
+    check = m["verification"]["model"]
+    assert check["files"] == 2 and check["si_sdr_gain"] < 0 and check["polarity"] == "positive"
+    assert not check["passed"] and check["overridden"] and "below its noisy input" in check["problems"][0]
+    assert "**overridden** (`--allow-bad-model`)" in (bundle / "README.md").read_text()
 
 
 def test_exported_models_match_pytorch_when_streamed(bundle, ckpt):

@@ -14,7 +14,7 @@ from export.gated import reference
 from export.verify import stream as stream_masks
 from runtime import report
 from runtime.backends import SESSIONS, GatedRunner, open_runner
-from runtime.bundle import Bundle, BundleError
+from runtime.bundle import Bundle, BundleError, seal
 from runtime.engine import Engine
 from tests.conftest import level_jumps
 
@@ -107,6 +107,9 @@ def test_damaged_gated_bundles_are_refused(gated_bundle, tmp_path):
     m = json.loads((copy / "manifest.json").read_text())
     m["gating"]["order"] = ["policy", "trunk", "branch0"]
     (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="changed since export"):
+        Bundle(copy)
+    (copy / "manifest.json").write_text(json.dumps(seal(m)))  # behind the checksum, the protocol is checked too
     with pytest.raises(BundleError, match="gating.order"):
         Bundle(copy)
 
@@ -134,7 +137,8 @@ def test_stream_cli_runs_a_gated_bundle(gated_bundle, tmp_path, capsys):
 
 
 def _drop_branch_file(m):
-    del m["files"]["branch0.onnx"]
+    for name in ("branch0.onnx", "branch0.tflite"):  # whichever backend runs fp32
+        del m["files"][name]
 
 
 TAMPERED = {
@@ -158,7 +162,7 @@ def test_tampered_gating_gives_one_clear_line(case, gated_bundle, tmp_path, caps
     m = json.loads((copy / "manifest.json").read_text())
     edit, message = TAMPERED[case]
     edit(m)
-    (copy / "manifest.json").write_text(json.dumps(m))
+    (copy / "manifest.json").write_text(json.dumps(seal(m)))  # re-sealed: the checks behind the checksum
     sf.write(tmp_path / "in.wav", level_jumps(np.random.default_rng(3), 4000), 16000)
     code = stream.main(["--model", str(copy), "--input", str(tmp_path / "in.wav"), "--output", str(tmp_path / "out.wav")])
     err = capsys.readouterr().err.strip().splitlines()
