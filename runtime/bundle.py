@@ -2,7 +2,11 @@
 
 The manifest is the contract between ``export/`` (which writes it) and whoever runs the model
 (``runtime/``, firmware). It is documented field by field in the README ("Bundle format"). Loading
-a bundle checks the schema and the sha256 of every listed file before anything is used.
+a bundle checks the schema, the manifest's own checksum (``manifest_sha256``) and the sha256 of
+every listed file before anything is used.
+
+The checksums catch accidents: a hand-edited manifest, a truncated copy, files of two bundles mixed
+up. They are not a signature: anyone who edits the manifest can recompute ``manifest_sha256``.
 """
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCHEMA = "tiny-denoise-bundle"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: manifest_sha256, verification.model
 MANIFEST = "manifest.json"
+DIGEST = "manifest_sha256"
 
 
 class BundleError(Exception):
@@ -27,6 +32,18 @@ def sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON without its own ``manifest_sha256``: keys sorted, no
+    whitespace, ASCII only, so re-indenting the file keeps it and any change of a value does not."""
+    body = {k: v for k, v in manifest.items() if k != DIGEST}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()).hexdigest()
+
+
+def seal(manifest: dict) -> dict:
+    """The manifest with its ``manifest_sha256`` (re)computed; what the exporter writes."""
+    return {**{k: v for k, v in manifest.items() if k != DIGEST}, DIGEST: manifest_digest(manifest)}
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,12 @@ class Bundle:
         version = self.manifest.get("schema_version")
         if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise BundleError(f"{path}: schema version {version} is newer than this runtime reads ({SCHEMA_VERSION}); update tiny-denoise")
+        if version < SCHEMA_VERSION:
+            raise BundleError(f"{path}: schema version {version} predates manifest checksums; re-export the bundle with python -m export")
+        if DIGEST not in self.manifest:
+            raise BundleError(f"{path}: no {DIGEST}, so the manifest cannot be checked; re-export the bundle")
+        if self.manifest[DIGEST] != manifest_digest(self.manifest):
+            raise BundleError(f"{path}: changed since export (its {DIGEST} does not match its content); re-export the bundle rather than editing it")
         try:
             self.signal = self.manifest["signal"]
             self.states = tuple(StateSpec(s["name"], s["output"], tuple(int(n) for n in s["shape"]), float(s["init"])) for s in self.manifest["states"])
