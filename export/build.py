@@ -423,7 +423,7 @@ def model_card(m: dict) -> str:
         "",
         "| file | max abs error | mask SNR (dB) | tolerance | passed |",
         "|---|---:|---:|---:|---|",
-        *[f"| `{n}` | {r['mask_max_abs_error']:.2e} | {r['mask_snr_db']:.1f} | {r['tolerance'] if r['tolerance'] is not None else '-'} | {r['passed']} |"
+        *[f"| `{n}` | {r['mask_max_abs_error']:.2e} | {r['mask_snr_db']:.1f} | {r['tolerance'] if r['tolerance'] is not None else '-'} | {r['passed'] if r['tolerance'] is not None else 'see quality'} |"
           for n, r in ver["parity"].items()],  # fmt: skip
         "",
     ]

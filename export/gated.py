@@ -449,7 +449,7 @@ def model_card(m: dict) -> str:
         *[
             f"| {n} | {r['gates']['on']['mask_max_abs_error']:.2e} | {r['gates']['off']['mask_max_abs_error']:.2e} | "
             f"{r['gates']['policy']['mask_max_abs_error']:.2e} | {' / '.join('%.1f' % v['mask_snr_db'] for v in r['gates'].values())} | "
-            f"{r['gates']['policy']['branch_usage']} | {r['tolerance'] or '-'} | {r['passed']} |"
+            f"{r['gates']['policy']['branch_usage']} | {r['tolerance'] or '-'} | {r['passed'] if r['tolerance'] else 'see quality'} |"
             for n, r in ver["parity"].items()
         ],
         "",
