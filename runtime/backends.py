@@ -10,12 +10,22 @@ gating protocol and calls a branch's graph only on frames its gate is open.
 """
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+
 import numpy as np
 
 from runtime.bundle import Bundle, BundleError, ModelFile, StateSpec
 
 BACKENDS = ("onnxruntime", "litert", "pytorch")
 FORMAT = {"onnxruntime": "onnx", "litert": "tflite", "pytorch": "pytorch"}
+# What ``auto`` runs, the first the bundle has at the chosen precision. benchmarks.latency, every
+# backend interleaved frame by frame: LiteRT's median frame took 0.45x (fp32) and 0.44x (int8) of
+# ONNX Runtime's on the shipped default bundle, 0.54x and 0.38x on the gated one; only LiteRT has
+# integer I/O (int8io). The reference (pytorch) is never picked.
+AUTO = ("litert", "onnxruntime")
 
 
 def compressed_features(frame: np.ndarray, power: float) -> np.ndarray:
@@ -77,12 +87,41 @@ def _interpreter_class():
     return Interpreter
 
 
+# LiteRT's C++ side announces its CPU delegate on stderr on every run.
+LITERT_CHATTER = ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+
+
+@contextmanager
+def stderr_without(lines: tuple[str, ...]):
+    """Hold back what C code writes to file descriptor 2 meanwhile, then pass it on less ``lines``:
+    its errors still show, its known chatter does not."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            rest = [ln for ln in held.read().decode(errors="replace").splitlines(keepends=True) if ln.rstrip("\n") not in lines]
+            if rest:
+                sys.stderr.write("".join(rest))
+                sys.stderr.flush()
+
+
 class LiteRTSession:
     """One TFLite file run through its signature's tensor names (see ``OnnxSession``)."""
 
     def __init__(self, path, inputs: list[str], outputs: list[str], threads: int = 1):
         self.interpreter = _interpreter_class()(model_path=str(path), num_threads=threads)
-        self.interpreter.allocate_tensors()
+        with stderr_without(LITERT_CHATTER):
+            self.interpreter.allocate_tensors()
         self.inputs, self.outputs = inputs, outputs
         sig = self.interpreter.get_signature_runner()
         ins, outs = sig.get_input_details(), sig.get_output_details()
@@ -274,11 +313,35 @@ class GatedRunner:
         self.on = np.zeros(len(self.branches), np.int64)
 
 
+def _has(bundle: Bundle, format: str, precision: str) -> bool:
+    """Whether the bundle has a runnable ``format`` model at ``precision``; a gated bundle with only
+    some of its parts there is damaged, and refused."""
+    kinds = [e for e in bundle.files.values() if e.get("format") == format and e.get("precision") == precision]
+    if bundle.gating is None:
+        return any(e.get("kind") == "model" for e in kinds)
+    if not any(e.get("kind") == "part" for e in kinds):
+        return False
+    bundle.parts(format, precision)  # raises for an incomplete set
+    return True
+
+
+def choose_backend(bundle: Bundle, backend: str, precision: str) -> str:
+    """``backend`` itself, or for ``auto`` the first of ``AUTO`` that the bundle has at ``precision``."""
+    if backend != "auto":
+        return backend
+    for b in AUTO:
+        if _has(bundle, FORMAT[b], precision):
+            return b
+    have = sorted({f"{e['format']}/{e['precision']}" for e in bundle.files.values() if e.get("kind") in ("model", "part")})
+    raise BundleError(f"{bundle.root}: no model at precision {precision} for any backend (this bundle has {', '.join(have)})")
+
+
 def open_runner(bundle: Bundle, backend: str, precision: str, threads: int = 1, gates: str = "policy") -> Runner | GatedRunner:
     """The runner of one model of the bundle (a ``GatedRunner`` for a gated bundle), checked by one
     step on silence. ``gates`` forces a gated bundle's branches ``on`` or ``off``."""
+    backend = choose_backend(bundle, backend, precision)
     if backend not in BACKENDS:
-        raise BundleError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        raise BundleError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
     if bundle.gating is None and gates != "policy":
         raise BundleError(f"{bundle.root}: has no gates to force (it is not a gated bundle); leave out --gates")
     try:
