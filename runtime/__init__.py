@@ -1,0 +1,3 @@
+from runtime.enhancer import Enhancer
+
+__all__ = ["Enhancer"]
