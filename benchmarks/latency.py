@@ -1,29 +1,30 @@
 """Per-frame latency of a bundle on every available backend and precision, measured side by side.
 
-``python -m benchmarks.latency [--model DIR] [--seconds 30] [--out benchmarks/results]``
+``python -m benchmarks.latency [--model NAME|DIR] [--input FILE] [--seconds 30] [--out out/latency]``
 
 Every backend streams the same audio; frames are interleaved (backend A frame t, backend B frame t,
 ...) so all of them see the same machine conditions. For each it records the engine's time per
 frame (STFT, model step, overlap-add) and then, replayed on the same frames and states, the bare
-backend call alone; their ratio is the engine overhead. Writes ``latency.md``, ``latency.json`` and ``latency.png``.
+backend call alone; their ratio is the engine overhead. Writes ``latency.md``, ``latency.json`` and
+(with matplotlib) ``latency.png``. The audio is real speech in noise: the sample clip that ships
+inside the runtime package, or ``--input``. Needs only the runtime (no torch, no matplotlib).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from runtime import report
-from runtime.audio import load
+from runtime.audio import AudioError, load
 from runtime.backends import open_runner
 from runtime.bundle import Bundle, BundleError
 from runtime.engine import Engine
-from runtime.stream import DEFAULT_BUNDLE
-
-SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "sample" / "noisy.wav"
+from runtime.models import SAMPLE, open_bundle
 CONFIGS = [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("litert", "fp32"), ("litert", "int8"), ("litert", "int8io"), ("pytorch", "fp32")]
 
 
@@ -63,14 +64,19 @@ def measure(engines: dict, signal: np.ndarray) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, default=DEFAULT_BUNDLE)
+    p.add_argument("--model", default="default", help="a shipped model's name or a bundle folder")
+    p.add_argument("--input", type=Path, default=SAMPLE, help="speech to stream, looped to --seconds (default: the packaged sample clip)")
     p.add_argument("--seconds", type=float, default=30.0, help="audio streamed through every backend")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--out", type=Path, default=Path("out/latency"), help="folder for the results (the committed ones are in benchmarks/results)")
     args = p.parse_args(argv)
-    bundle = Bundle(args.model)
+    try:
+        bundle = open_bundle(args.model)
+        x = load(args.input, bundle.signal["sample_rate"])
+    except (AudioError, BundleError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     engines = available(bundle, args.threads)
-    x = load(SAMPLE, bundle.signal["sample_rate"])
     n = int(args.seconds * bundle.signal["sample_rate"])
     signal = np.tile(x, -(-n // len(x)))[:n]
     warm = measure(engines, signal[: bundle.signal["sample_rate"]])  # first second: caches, allocator, XNNPACK setup
@@ -95,7 +101,8 @@ def main(argv=None) -> int:
         )
     m = bundle.manifest["model"]
     result = {
-        "bundle": str(args.model),
+        "bundle": str(bundle.root),
+        "audio": str(args.input),
         "model": {"params": m["params"], "macs_per_frame": m["macs_per_frame"], "mmacs_per_second": m["mmacs_per_second"]},
         "seconds": args.seconds,
         "threads": args.threads,
@@ -119,13 +126,21 @@ def main(argv=None) -> int:
         )
     (args.out / "latency.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
-    plot(times, args.out / "latency.png")
-    print(f"\nwrote {args.out}/latency.md, latency.json, latency.png")
+    written = "latency.md, latency.json"
+    if plot(times, args.out / "latency.png"):
+        written += ", latency.png"
+    else:
+        print("\nnote: matplotlib is not installed, so no plot (pip install matplotlib)")
+    print(f"\nwrote {args.out}/{written}")
     return 0
 
 
-def plot(times: dict, path: Path) -> None:
-    import matplotlib
+def plot(times: dict, path: Path) -> bool:
+    """Box plot of the per-frame times; False without matplotlib (a runtime-only install)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -140,6 +155,7 @@ def plot(times: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
 
 
 if __name__ == "__main__":

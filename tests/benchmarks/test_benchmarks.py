@@ -1,6 +1,10 @@
 """Smoke runs of the benchmark scripts on the small fixtures: they finish and write their tables."""
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +22,34 @@ def test_latency_measures_every_backend_of_the_bundle(small_bundle, tmp_path):
     for r in result["rows"]:
         assert r["frames"] == 50 and 0 < r["bare_p50_us"] and r["p50_us"] <= r["p99_us"] <= r["max_us"]
     assert (tmp_path / "latency.md").is_file() and (tmp_path / "latency.png").is_file()
+
+
+def test_latency_runs_on_a_runtime_only_install(small_bundle, tmp_path):
+    """With torch and matplotlib unimportable, as after pip install '.[runtime]': real audio from
+    the runtime package, no plot, and results in a fresh folder, not the committed ones."""
+    from runtime.models import SAMPLE
+
+    root = Path(__file__).resolve().parents[2]
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'matplotlib', 'distill', 'export'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from benchmarks import latency\n"
+        f"sys.exit(latency.main(['--model', r'{small_bundle}', '--seconds', '0.5']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(root)}, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "out" / "latency" / "latency.json").read_text())
+    names = {r["backend"] for r in result["rows"]}
+    assert {"onnxruntime/fp32", "litert/fp32"} <= names and "pytorch/fp32" not in names
+    import tomllib
+
+    package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["runtime"]
+    assert result["audio"] == str(SAMPLE) and SAMPLE.parent == root / "runtime" / "sample" and "sample/*" in package_data, "the clip ships in the package"
+    assert "matplotlib is not installed" in done.stdout and not (tmp_path / "out" / "latency" / "latency.png").exists()
 
 
 def one_file_copy(devset, dest):
