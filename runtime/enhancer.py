@@ -134,11 +134,12 @@ class Enhancer:
         """Shape: [n] or [n, C] -> [n, C] float32, NaN/Inf replaced by zeros (and counted) before
         resampling spreads them."""
         x = np.asarray(block, dtype=np.float32)
-        self.flat = x.ndim == 1
-        if self.flat and self.channels == 1:
+        flat = x.ndim == 1 and self.channels == 1
+        if flat:
             x = x[:, None]
         if x.ndim != 2 or x.shape[1] != self.channels:
             raise ValueError(f"blocks must have shape [n, {self.channels}]{' or [n]' if self.channels == 1 else ''}, not {list(x.shape)}")
+        self.flat = flat
         bad = ~np.isfinite(x)
         if bad.any():
             self.nonfinite_samples += int(bad.sum())
