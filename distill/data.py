@@ -3,15 +3,22 @@
 
 Every sampler hands out whole batches through ``batch(step, size)``; the random draws depend only
 on ``(seed, step)``, so a resumed run sees exactly the batches an uninterrupted run would have.
+
+A corpus is a folder or an index of one: ``python -m distill.data index DIR`` scans the folder
+once and writes ``DIR/index.jsonl`` (each file's path relative to the index, frames, rate and
+channels), so that training on a large corpus starts without probing every file again.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import soundfile as sf
@@ -55,33 +62,142 @@ class _Entry:
     path: Path
     frames: int
     sample_rate: int
+    name: str  # relative to the corpus folder: what exclusion lists and pairings match
+
+
+INDEX_FORMAT = "tiny-denoise-audio-index"
+INDEX_VERSION = 1
+
+
+def is_index(source: str | os.PathLike) -> bool:
+    """An index file rather than a folder: a ``.jsonl`` name."""
+    return Path(source).suffix == ".jsonl"
+
+
+def probe(path: Path) -> tuple[int, int, int] | str:
+    """(frames, rate, channels) of an audio file from its header, or why it cannot be read."""
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # soundfile raises several types for files it cannot parse
+        return str(e).strip() or type(e).__name__
+    return info.frames, info.samplerate, info.channels
+
+
+def write_index(root: str | os.PathLike, out: str | os.PathLike, progress: bool = False) -> tuple[int, float, list[tuple[Path, str]]]:
+    """Scan the audio files below ``root`` once and write their index to ``out`` (JSON lines: a
+    header, then per file its path relative to the index's folder, frames, rate, channels and
+    seconds), atomically. Returns (files indexed, their hours, [(unreadable file, why)]).
+    Raises AudioError when ``root`` holds no readable audio."""
+    root, out = Path(root), Path(out)
+    base = Path(os.path.abspath(out)).parent
+    paths = list_audio(root)
+    if progress:
+        from tqdm import tqdm
+
+        paths = tqdm(paths, desc="indexing", unit="file")
+    records, skipped = [], []
+    for path in paths:
+        info = probe(path)
+        if isinstance(info, str):
+            skipped.append((path, info))
+            continue
+        frames, rate, channels = info
+        records.append({"path": Path(os.path.relpath(os.path.abspath(path), base)).as_posix(), "frames": frames, "rate": rate, "channels": channels,
+                        "seconds": round(frames / rate, 3)})  # fmt: skip
+    if not records:
+        raise AudioError(f"{root}: no readable audio files (WAV/FLAC/OGG)")
+    hours = sum(r["frames"] / r["rate"] for r in records) / 3600
+    header = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "root": Path(os.path.relpath(os.path.abspath(root), base)).as_posix(),
+              "files": len(records), "hours": round(hours, 3), "skipped": len(skipped)}  # fmt: skip
+    tmp = out.with_name(f".{out.name}.part")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for row in (header, *records):
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, out)  # an interrupted scan leaves no half-written index
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(records), hours, skipped
+
+
+def read_index(path: str | os.PathLike) -> tuple[Path, list[tuple[Path, str, int, int]]]:
+    """The corpus folder an index describes and its files: (path, name relative to the corpus
+    folder, frames, rate), in the order they were scanned."""
+    path = Path(path)
+    redo = f"re-create it with python -m distill.data index DIR --out {path}"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise AudioError(f"{path}: no such index file; create one with python -m distill.data index DIR --out {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise AudioError(f"{path}: cannot read the index ({e}); {redo}") from None
+    try:
+        header = json.loads(lines[0]) if lines else None
+    except json.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != INDEX_FORMAT:
+        raise AudioError(f"{path}: not an audio index of this project (no {INDEX_FORMAT} header); {redo}")
+    if header.get("version") != INDEX_VERSION:
+        raise AudioError(f"{path}: index version {header.get('version')}, this code reads {INDEX_VERSION}; {redo}")
+    if not isinstance(header.get("root"), str):
+        raise AudioError(f"{path}: the index header names no corpus folder; {redo}")
+    base, root = path.parent, PurePosixPath(header["root"])
+    files = []
+    for n, line in enumerate(lines[1:], start=2):
+        try:
+            r = json.loads(line)
+            rel, frames, rate = PurePosixPath(r["path"]), r["frames"], r["rate"]
+            if not (isinstance(frames, int) and isinstance(rate, int) and frames >= 0 and rate > 0):
+                raise ValueError
+            name = rel.as_posix() if str(root) == "." else rel.relative_to(root).as_posix()  # ValueError: outside the corpus folder
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise AudioError(f"{path}: line {n} is not a record of a file in {root} (path, frames, rate); {redo}") from None
+        files.append((Path(os.path.normpath(base / rel)), name, frames, rate))
+    return Path(os.path.normpath(base / root)), files
+
+
+def corpus_root(source: str | os.PathLike) -> Path:
+    """The folder of a corpus given as a folder or as its index."""
+    return read_index(source)[0] if is_index(source) else Path(source)
+
+
+def audio_names(source: str | os.PathLike) -> list[str]:
+    """The audio files of a corpus (folder or index), relative to its folder, sorted."""
+    if is_index(source):
+        return sorted(name for _, name, _, _ in read_index(source)[1])
+    root = Path(source)
+    return [p.relative_to(root).as_posix() for p in list_audio(root)]
 
 
 class AudioFolder:
-    """The usable audio files below a folder, read segment by segment.
+    """The usable audio files of a corpus, a folder (scanned) or its index (read), segment by segment.
 
     Unreadable, empty or too-short files are skipped with a warning naming them; a file that fails
-    later (a truncated FLAC can pass the header check) is dropped with a warning at that point.
+    later (a truncated FLAC can pass the header check, an index can be older than its folder) is
+    dropped with a warning at that point.
     """
 
     def __init__(self, root: str | os.PathLike, min_seconds: float, exclude: set[str] = frozenset()):
         self.root = Path(root)
         self.entries: list[_Entry] = []
-        for path in list_audio(self.root):
-            rel = path.relative_to(self.root).as_posix()
+        if is_index(self.root):
+            listing = ((path, name, (frames, rate, None)) for path, name, frames, rate in read_index(self.root)[1])
+        else:  # probed one by one below: excluded files are never opened
+            listing = ((path, path.relative_to(self.root).as_posix(), None) for path in list_audio(self.root))
+        for path, rel, info in listing:
             if rel in exclude or path.name in exclude:
                 continue
-            try:
-                info = sf.info(str(path))
-            except Exception as e:
-                log.warning("skipping %s: unreadable (%s)", path, str(e).strip() or type(e).__name__)
+            info = info or probe(path)
+            if isinstance(info, str):
+                log.warning("skipping %s: unreadable (%s)", path, info)
                 continue
-            if info.frames <= 0:
+            frames, rate, _ = info
+            if frames <= 0:
                 log.warning("skipping %s: empty", path)
-            elif info.frames < min_seconds * info.samplerate:
+            elif frames < min_seconds * rate:
                 log.warning("skipping %s: shorter than %.1f s", path, min_seconds)
             else:
-                self.entries.append(_Entry(path, info.frames, info.samplerate))
+                self.entries.append(_Entry(path, frames, rate, rel))
         if not self.entries:
             raise AudioError(f"{self.root}: no usable audio files (WAV/FLAC/OGG, at least {min_seconds:.1f} s)")
 
@@ -228,7 +344,12 @@ def _chance(rng: np.random.Generator, p: float) -> bool:
 
 
 def _key(path: Path, root: Path) -> str:
-    return path.relative_to(root).with_suffix("").as_posix()
+    return _stem(path.relative_to(root).as_posix())
+
+
+def _stem(name: str) -> str:
+    """A relative file name without its suffix: what pairs a noisy file with its clean one."""
+    return PurePosixPath(name).with_suffix("").as_posix()
 
 
 def paired_files(noisy_dir: str | os.PathLike, clean_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
@@ -253,8 +374,8 @@ class PairedSampler(Sampler):
         super().__init__(config, seed)
         self.noisy = AudioFolder(noisy_dir, config.min_seconds)
         self.clean = AudioFolder(clean_dir, config.min_seconds)
-        by_key = {_key(e.path, self.clean.root): e for e in self.clean.entries}
-        self.pairs = [(e, by_key[_key(e.path, self.noisy.root)]) for e in self.noisy.entries if _key(e.path, self.noisy.root) in by_key]
+        by_key = {_stem(e.name): e for e in self.clean.entries}
+        self.pairs = [(e, by_key[_stem(e.name)]) for e in self.noisy.entries if _stem(e.name) in by_key]
         if not self.pairs:
             raise AudioError(f"no matching noisy/clean files in {noisy_dir} and {clean_dir}")
 
@@ -357,3 +478,33 @@ class SyntheticSampler(Sampler):
     def example(self, rng):
         c = self.config
         return self._mix(rng, synth_speech(rng, c.length, c.sample_rate), synth_noise(rng, c.length, c.sample_rate))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m distill.data", description="Corpus tools.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    i = sub.add_parser("index", help="scan a folder of audio once and write its index, which --clean/--noise/--rir and the dev-set renderer take in its place")
+    i.add_argument("folder", type=Path)
+    i.add_argument("--out", type=Path, help="the index, a .jsonl file (default: FOLDER/index.jsonl); its paths are relative to its own folder")
+    i.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    out = args.out or args.folder / "index.jsonl"
+    if not is_index(out):
+        print(f"error: --out {out}: an index file name ends in .jsonl (that is how training tells an index from a folder)", file=sys.stderr)
+        return 2
+    if not out.parent.is_dir():
+        print(f"error: --out {out}: folder {out.parent} does not exist", file=sys.stderr)
+        return 2
+    try:
+        files, hours, skipped = write_index(args.folder, out, progress=not args.no_progress)
+    except (AudioError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path, why in skipped:
+        print(f"skipped {path}: unreadable ({why})", file=sys.stderr)
+    print(f"indexed {files} files ({hours:.2f} h) of {args.folder} in {out}" + (f"; skipped {len(skipped)} unreadable files (listed above)" if skipped else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,7 +7,8 @@ training never sees: whole noise families, speakers of another language, held-ou
 and rooms simulated with another seed. The splits themselves are the lists in
 ``distill/splits/`` (``dev_*.txt`` in-domain, ``ood_*.txt`` out-of-domain), which training leaves
 out by default; ``python -m distill.devset split`` re-derives them from a data folder and is how
-they were made.
+they were made. Each ``--clean``, ``--noise`` and ``--rir`` is a folder or its index
+(``python -m distill.data index DIR``), which saves scanning a large corpus.
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from distill import augment as aug
-from distill.data import mix, rms
-from runtime.audio import AudioError, list_audio, load, write
+from distill.data import audio_names, corpus_root, mix, rms
+from runtime.audio import AudioError, load, write
 
 SPLITS = Path(__file__).parent / "splits"
 SNRS = (-5, 0, 5, 10, 15)
@@ -57,13 +58,13 @@ def _rank(key: str) -> str:
 def split(clean_dir: Path, noise_dir: Path, speakers: int = 25, fraction: float = 0.1) -> tuple[list[str], list[str]]:
     """Held-out clean files (``speakers`` LibriSpeech speakers plus one CMU ARCTIC speaker) and noise
     files (``fraction`` of the source recordings of every noise family, families of 5+ recordings)."""
-    clean = [p.relative_to(clean_dir).as_posix() for p in list_audio(clean_dir)]
+    clean = audio_names(clean_dir)
     libri = sorted({speaker(c) for c in clean if c.startswith("libri_")}, key=_rank)[:speakers]
     cmu = sorted({speaker(c) for c in clean if c.startswith("cmu_arctic")}, key=_rank)[:1]
     held = set(libri) | set(cmu)
     dev_clean = sorted(c for c in clean if speaker(c) in held and (c.startswith("libri_") or c.startswith("cmu_arctic")))
 
-    noise = [p.relative_to(noise_dir).as_posix() for p in list_audio(noise_dir)]
+    noise = audio_names(noise_dir)
     families: dict[str, set[str]] = defaultdict(set)
     for n in noise:
         fam, rec = recording(n)
@@ -99,7 +100,7 @@ def split_ood(clean_dir: Path, noise_dir: Path, rir_dir: Path) -> tuple[list[str
     """The files of ``OOD_CLEAN``, ``OOD_NOISE`` and ``OOD_RIR`` found in the three folders."""
 
     def match(root: Path, patterns) -> list[str]:
-        return sorted(p.relative_to(root).as_posix() for p in list_audio(root) if any(fnmatch(p.name, pat) for pat in patterns))
+        return sorted(n for n in audio_names(root) if any(fnmatch(Path(n).name, pat) for pat in patterns))
 
     return match(clean_dir, OOD_CLEAN), match(noise_dir, OOD_NOISE), match(rir_dir, OOD_RIR)
 
@@ -112,7 +113,9 @@ def render(clean_dir: Path, noise_dir: Path, out: Path, clean_list: list[str], n
     RIR)), each mixture is dry or in a room of one of the groups (dry and each group equally
     likely), its noise reverberant from the room's noise position, and half of them get a second
     noise source 0-12 dB below the first; the reference is then the direct path and early
-    reflections (``early_ms``) of the speech, as in training."""
+    reflections (``early_ms``) of the speech, as in training. ``clean_dir`` and ``noise_dir`` may
+    be indexes of the folders (``python -m distill.data index``)."""
+    clean_dir, noise_dir = corpus_root(clean_dir), corpus_root(noise_dir)
     missing = [f for f in clean_list if not (clean_dir / f).is_file()] + [f for f in noise_list if not (noise_dir / f).is_file()]
     if missing:
         raise AudioError(f"{len(missing)} listed files are missing, e.g. {missing[0]}; is --clean/--noise the right folder?")
@@ -175,6 +178,7 @@ def _level(noisy: np.ndarray, reference: np.ndarray, level_db: float, peak: floa
 def ood_rooms(rir_dir: Path, rir_list: list[str], sample_rate: int, cache: Path | None) -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
     """The held-out measured rooms (the noise in each from another held-out measured room) and
     the ``OOD_ROOMS`` simulated ones."""
+    rir_dir = corpus_root(rir_dir)
     measured = [(f, aug.trim_rir(load(rir_dir / f, sample_rate), sample_rate)) for f in rir_list]
     sim = aug.simulated_rooms(OOD_ROOMS, sample_rate, cache)
     return {
@@ -192,6 +196,7 @@ SAMPLE = {  # the shipped demo clip: CC BY 4.0 material only, speaker and noises
 
 def render_sample(clean_dir: Path, noise_dir: Path, out: Path, sample_rate: int = 16000) -> None:
     """10 s of dev-split speech under a running tap plus quieter 6-talker babble, 5 dB SNR, -24 dBFS."""
+    clean_dir, noise_dir = corpus_root(clean_dir), corpus_root(noise_dir)
     speech = load(clean_dir / SAMPLE["speech"], sample_rate)[: 10 * sample_rate]
     tap = load(noise_dir / SAMPLE["tap"], sample_rate)[10 * sample_rate :][: len(speech)]
     babble = load(noise_dir / SAMPLE["babble"], sample_rate)[: len(speech)]
@@ -212,13 +217,13 @@ def main(argv=None) -> int:
     r = sub.add_parser("render", help="render the in-domain dev test set")
     o = sub.add_parser("render-ood", help="render the out-of-domain dev test set (dev-ood)")
     for q, seed in ((r, 2026), (o, 2027)):
-        q.add_argument("--clean", required=True, type=Path)
-        q.add_argument("--noise", required=True, type=Path)
+        q.add_argument("--clean", required=True, type=Path, help="folder of clean speech, or its index (python -m distill.data index)")
+        q.add_argument("--noise", required=True, type=Path, help="folder of noise recordings, or its index")
         q.add_argument("--out", required=True, type=Path)
         q.add_argument("--lists", type=Path, default=SPLITS, help="folder with the split lists")
         q.add_argument("--seconds", type=float, default=10.0, help="longest utterance kept")
         q.add_argument("--seed", type=int, default=seed)
-    o.add_argument("--rir", required=True, type=Path, help="folder of measured room impulse responses")
+    o.add_argument("--rir", required=True, type=Path, help="folder of measured room impulse responses, or its index")
     o.add_argument("--room-cache", type=Path, default=Path("data/rooms"), help="where simulated rooms are cached")
     m = sub.add_parser("sample", help="render the demo clip shipped in assets/sample")
     m.add_argument("--clean", required=True, type=Path)
