@@ -5,10 +5,14 @@ Progress on a tqdm bar, logs to ``train.csv`` / ``val.csv`` and TensorBoard (``t
 SI-SDR among outputs of the right polarity). ``--resume`` continues from ``last.pt``; the batches of
 a resumed run are exactly those an uninterrupted run would have drawn. An ``--out`` that holds a run
 is refused unless ``--resume`` continues it or ``--force`` starts it over.
+
+Started by ``torchrun --nproc_per_node N -m distill.train ...`` it trains on N processes through
+DistributedDataParallel, each on its share of every ``--batch`` (see :mod:`distill.distributed`).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import difflib
@@ -20,7 +24,6 @@ import os
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from distill import need_torch
@@ -31,9 +34,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from distill import checkpoint
-from distill.augment import NONE, AugmentConfig, RirBank, RoomConfig
-from distill.data import AudioFolder, MixConfig, MixtureSampler, PairedSampler, PooledSampler, SyntheticSampler, paired_files
+from distill import checkpoint, distributed
+from distill.augment import NONE, AugmentConfig, RirBank, RoomConfig, simulated_rooms, trim_rir
+from distill.data import AudioFolder, MixConfig, MixtureSampler, PairedSampler, PooledSampler, SyntheticSampler, is_index, paired_files, read_index
 from distill.devset import SPLITS, read_list
 from distill.dsp import apply_mask, istft, stft
 from distill.kd import METHODS, KDConfig, dfkd, dispatch_l2, gram_loss, output_kd
@@ -85,8 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--config", help='JSON object of model config fields overriding the preset, e.g. \'{"rnn_layers": 2}\'')
     g.add_argument("--init", help="start from this checkpoint's model and weights (fine-tuning; --model/--config ignored)")
     g = p.add_argument_group("data (one source)")
-    g.add_argument("--clean", help="folder of clean speech (any depth, WAV/FLAC/OGG, any rate)")
-    g.add_argument("--noise", help="folder of noise recordings")
+    g.add_argument("--clean", help="folder of clean speech (any depth, WAV/FLAC/OGG, any rate), or its index (python -m distill.data index DIR)")
+    g.add_argument("--noise", help="folder of noise recordings, or its index")
     g.add_argument("--exclude", action="append", default=[], help="text file of file names to leave out; repeatable (the shipped splits are left out anyway)")
     g.add_argument("--include-held-out", action="store_true", help="train on the files of the shipped dev and dev-ood splits too (distill/splits/*.txt)")
     g.add_argument("--paired", nargs=2, metavar=("NOISY", "CLEAN"), help="paired noisy/clean folders instead of mixing")
@@ -100,7 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a = AugmentConfig()
     g = p.add_argument_group("augmentation of --clean/--noise mixtures (probabilities; see README: Training data)")
     g.add_argument("--no-augment", action="store_true", help="plain mixtures: one noise, no rooms, no channel (the mixer before augmentation)")
-    g.add_argument("--rir", help="folder of measured room impulse responses, drawn beside the simulated rooms")
+    g.add_argument("--rir", help="folder of measured room impulse responses (or its index), drawn beside the simulated rooms")
     g.add_argument("--rooms", type=COUNT, default=RoomConfig.rooms, help="shoebox rooms simulated once with pyroomacoustics (0: none)")
     g.add_argument("--room-cache", default="data/rooms", help="where simulated rooms are cached")
     g.add_argument("--reverb", type=float, default=a.reverb, help="mixtures whose speech is in a room")
@@ -167,6 +170,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--val-every", type=POSITIVE_INT, default=1000, help="steps between validations (and at the last step)")
     g.add_argument("--log-every", type=POSITIVE_INT, default=25, help="steps averaged into each row of train.csv")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
+    g = p.add_argument_group("devices and processes (see README: Training at scale)")
+    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model trains; under torchrun each process takes the GPU of its local rank")
+    g.add_argument("--precision", choices=("fp32", "bf16"), help="bf16: forward passes under autocast (the default on CUDA); fp32: none (the default on CPU)")
+    g.add_argument("--workers", type=COUNT, default=0, help="data-loading processes mixing batches ahead (0: one thread); the batches do not depend on it")
+    g.add_argument("--accum", type=POSITIVE_INT, default=1, help="micro-batches per step: each process's share of --batch in this many parts (less memory, the same step)")
+    g.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics over every process's share (CUDA only: torch's SyncBatchNorm)")
+    g.add_argument("--dist-timeout", type=POSITIVE, default=1800.0, help="seconds a process waits for the others before the run ends with an error")
     args = p.parse_args(argv)
     sources = sum([bool(args.clean or args.noise), bool(args.paired), args.synthetic])
     if sources != 1:
@@ -177,6 +187,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--kd METHOD and --teacher CKPT go together")
     if args.resume and args.force:
         p.error("--resume continues the run in --out and --force starts it over: give one")
+    if args.sync_bn and args.device != "cuda":
+        p.error("--sync-bn needs --device cuda: torch's SyncBatchNorm runs on GPUs only")
+    args.precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
     return args
 
 
@@ -264,9 +277,19 @@ def _base_sampler(args, seed: int):
     augment = augment_config(args)
     rooms = None
     if augment.reverb:
-        rooms = RirBank.build(args.rir, RoomConfig(rooms=args.rooms), cfg.sample_rate, args.room_cache, exclude)
+        rooms = room_bank(args.rir, RoomConfig(rooms=args.rooms), cfg.sample_rate, args.room_cache, exclude)
         print(f"rooms: {len(rooms.simulated)} simulated, {len(rooms.measured)} measured")
     return MixtureSampler(AudioFolder(args.clean, cfg.min_seconds, exclude), AudioFolder(args.noise, cfg.min_seconds, exclude), cfg, seed, augment, rooms)
+
+
+def room_bank(rir: str | None, rooms: RoomConfig, sample_rate: int, cache: str, exclude: set[str]) -> RirBank:
+    """The measured rooms of ``rir`` (a folder or its index) beside ``rooms`` simulated ones."""
+    if rir is None or not is_index(rir):
+        return RirBank.build(rir, rooms, sample_rate, cache, exclude)
+    files = [path for path, name, _, _ in read_index(rir)[1] if name not in exclude and path.name not in exclude]
+    if not files:
+        raise AudioError(f"{rir}: no room impulse responses (WAV/FLAC) left after exclusions")
+    return RirBank([trim_rir(load(f, sample_rate), sample_rate) for f in files], simulated_rooms(rooms, sample_rate, cache), [f.name for f in files])
 
 
 def validation_set(args, sampler, sample_rate: int, folder: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -315,11 +338,12 @@ class Objective:
     """The loss of one batch: supervised terms, plus a KD term against a frozen teacher whose
     outputs are computed once per batch, plus for gated models the cost of the gates' usage.
     Two-step KD trains on the KD loss alone for the first ``split`` of the steps and on the
-    supervised loss alone afterwards."""
+    supervised loss alone afterwards. With ``autocast`` (a device type) the forward passes of model
+    and teacher run under bf16 autocast and the losses in fp32."""
 
     def __init__(self, weights: dict[str, float], kd: KDConfig | None = None, teacher: torch.nn.Module | None = None, total_steps: int = 0,
-                 gating: GateConfig | None = None, branch_macs: list[int] | None = None):  # fmt: skip
-        self.weights, self.kd, self.teacher, self.total_steps = weights, kd, teacher, total_steps
+                 gating: GateConfig | None = None, branch_macs: list[int] | None = None, autocast: str | None = None):  # fmt: skip
+        self.weights, self.kd, self.teacher, self.total_steps, self.autocast = weights, kd, teacher, total_steps, autocast
         if gating is not None and kd is not None and kd.needs_activations:
             raise ValueError("Gram KD needs activations, which gated models do not expose; use output, dispatch or dfkd KD")
         self.gating = gating
@@ -332,8 +356,16 @@ class Objective:
         self.term_names = names
         self.usage = None  # mean MAC-weighted usage of the last batch
 
-    def __call__(self, model, noisy, clean, step: int, ovrl: torch.Tensor | None = None):
-        """Returns the total, its terms and the batch SI-SDR (dB)."""
+    def _forward(self, net, *args, **kwargs):
+        if self.autocast is None:
+            return net(*args, **kwargs)
+        with torch.autocast(self.autocast, dtype=torch.bfloat16):
+            return _fp32(net(*args, **kwargs))
+
+    def __call__(self, net, noisy, clean, step: int, ovrl: torch.Tensor | None = None):
+        """Returns the total, its terms and the batch SI-SDR (dB). ``net`` is the model or its
+        DistributedDataParallel wrapper."""
+        model = net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
         cfg = model.config.stft
         kd = self.kd
         method = kd.method if kd else "none"
@@ -346,23 +378,23 @@ class Objective:
             progress = step / max(1, self.total_steps)
             tau = g.tau[0] * (g.tau[1] / g.tau[0]) ** progress
             pattern = g.forced(progress, len(model.branches))
-            forced = None if pattern is None else torch.tensor(pattern).expand(ns.shape[0], ns.shape[1], -1)  # [B, T, K]
-            mask, gates, _ = model(ns, tau=tau, gates=forced, detach_policy=g.detach_policy)  # gates [B, T, K]
-            usage = (gates * self.share).sum(-1).mean(-1)  # [B]
+            forced = None if pattern is None else torch.tensor(pattern, device=ns.device).expand(ns.shape[0], ns.shape[1], -1)  # [B, T, K]
+            mask, gates, _ = self._forward(net, ns, tau=tau, gates=forced, detach_policy=g.detach_policy)  # gates [B, T, K]
+            usage = (gates * self.share.to(gates.device)).sum(-1).mean(-1)  # [B]
             self.usage = usage.mean().item()
             if forced is None:
-                target = g.target(ovrl, len(usage))  # [B]
+                target = g.target(ovrl, len(usage)).to(usage.device)  # [B]
                 gap = usage - target if g.scope == "example" else usage.mean() - target.mean()
                 cost_term = g.cost_weight * gap.square().mean()
             acts = None
         else:
-            mask, acts = model(ns, taps=True) if taps else (model(ns), None)
+            mask, acts = self._forward(net, ns, taps=True) if taps else (self._forward(net, ns), None)
         es = apply_mask(ns, mask)  # [B, T, F, 2]
         ew = istft(es, cfg, noisy.shape[-1])  # [B, L]
         terms = {} if step1 else supervised(self.weights, ew, clean, es, cs, ns)
         if method != "none" and (method != "two-step" or step1):
             with torch.no_grad():
-                t_mask, t_acts = self.teacher(ns, taps=True) if taps else (self.teacher(ns), None)
+                t_mask, t_acts = self._forward(self.teacher, ns, taps=True) if taps else (self._forward(self.teacher, ns), None)
                 ts = apply_mask(ns, t_mask)
                 tw = istft(ts, cfg, noisy.shape[-1])
             if method == "output":
@@ -380,6 +412,17 @@ class Objective:
         if cost_term is not None:
             terms["cost"] = cost_term
         return sum(terms.values()), terms, si_sdr(ew.detach(), clean).mean()
+
+
+def _fp32(out):
+    """Autocast outputs (tensors, or tuples and dicts of them) back in float32 for the losses."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, (tuple, list)):
+        return type(out)(_fp32(x) for x in out)
+    if isinstance(out, dict):
+        return {k: _fp32(v) for k, v in out.items()}
+    return out
 
 
 @dataclass(frozen=True)
@@ -400,14 +443,15 @@ def validate(model, val, share: torch.Tensor | None = None, pattern: tuple[float
     of training), or of ``pattern``, the gates training forces (fixed gates, all on during warm-up)."""
     model.eval()
     cfg = model.config.stft
+    device = next(model.parameters()).device
     out, gain, polarity, usage = [], [], [], []
     for noisy, clean in val:
-        n, c = torch.from_numpy(noisy)[None], torch.from_numpy(clean)[None]
+        n, c = torch.from_numpy(noisy)[None].to(device), torch.from_numpy(clean)[None].to(device)
         spec = stft(n, cfg)  # [1, T, F, 2]
-        res = model(spec) if pattern is None else model(spec, gates=torch.tensor(pattern).expand(1, spec.shape[1], -1))
+        res = model(spec) if pattern is None else model(spec, gates=torch.tensor(pattern, device=device).expand(1, spec.shape[1], -1))
         mask = res[0] if isinstance(res, tuple) else res
         if share is not None:
-            usage.append((res[1] * share).sum(-1).mean().item())  # res[1]: gates [1, T, K]
+            usage.append((res[1] * share.to(device)).sum(-1).mean().item())  # res[1]: gates [1, T, K]
         est = istft(apply_mask(spec, mask), cfg, n.shape[-1])  # [1, L]
         s = si_sdr(est, c).item()
         out.append(s)
@@ -498,45 +542,128 @@ def setting_warnings(args, weights: dict[str, float]) -> list[str]:
     return found
 
 
+class Failure(Exception):
+    """Ends a run with one ``error:`` line and an exit status: 2 for input it cannot use, 1 for a run
+    that failed on the way."""
+
+    def __init__(self, message, code: int = 2):
+        super().__init__(str(message))
+        self.code = code
+
+
+def _first_line(e: BaseException) -> str:
+    """The first sentence of an error message (those of torch.distributed run on)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+
+
+def micro_batches(batch: list[torch.Tensor], parts: int) -> list[list[torch.Tensor]]:
+    """``batch`` cut into ``parts`` consecutive micro-batches (gradient accumulation)."""
+    if parts == 1:
+        return [batch]
+    n = len(batch[0]) // parts
+    return [[t[i * n : (i + 1) * n] for t in batch] for i in range(parts)]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    last = out / "last.pt"
-    try:  # nothing is written to --out before every input has been checked
-        replaced = check_out(out, args)
-        weights = parse_weights(args.loss)
-        overrides = {} if args.init else model_overrides(args.model, args.config)
-        sampler = make_sampler(args, args.seed)
-    except (AudioError, ValueError, OSError) as e:
+    try:
+        rank, world, _ = distributed.launch()
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    who = f"rank {rank}: " if world > 1 else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(levelname)s {who}%(name)s: %(message)s")
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet if rank else sys.stdout):  # process 0 alone reports
+        try:
+            return run(args, world)
+        except Failure as e:
+            print(f"error: {who}{e}", file=sys.stderr)
+            return e.code
 
+
+def run(args, world: int) -> int:
+    """Check the inputs, join the other processes (if any) and train. Raises Failure."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.batch % (world * args.accum):
+        raise Failure(f"--batch {args.batch} does not split into {world} process(es) x {args.accum} micro-batch(es) (--accum): "
+                      f"give a multiple of {world * args.accum}")  # fmt: skip
+    try:  # nothing is written to --out before every input has been checked
+        replaced = check_out(Path(args.out), args)
+        weights = parse_weights(args.loss)
+        overrides = {} if args.init else model_overrides(args.model, args.config)
+    except (ValueError, OSError) as e:
+        raise Failure(e) from None
+    try:
+        ctx = distributed.setup(args.device, args.dist_timeout)
+    except ValueError as e:
+        raise Failure(e) from None
+    except RuntimeError as e:
+        raise Failure(f"cannot join the other processes of the run ({_first_line(e)})", 1) from None
+    try:
+        return fit(args, ctx, replaced, weights, overrides, shared_sampler(args, ctx))
+    except RuntimeError as e:
+        if ctx.world == 1:
+            raise
+        raise Failure(f"lost touch with the other processes of the run ({_first_line(e)}); the first error of the run says why "
+                      f"(a process silent for --dist-timeout {args.dist_timeout:g} s counts as lost)", 1) from None  # fmt: skip
+    finally:
+        distributed.close(ctx)
+
+
+def shared_sampler(args, ctx: distributed.Context):
+    """The data source, made by process 0 before the others: it fills the caches (simulated rooms,
+    pool scores) that the others then read, and its error, if any, ends every process alike."""
+    sampler = error = None
+    if ctx.main:
+        try:
+            sampler = make_sampler(args, args.seed)
+        except (AudioError, ValueError, OSError) as e:
+            error = str(e)
+    error = distributed.from_main(ctx, error)
+    if error:
+        raise Failure(error)
+    if not ctx.main:
+        try:
+            sampler = make_sampler(args, args.seed)
+        except (AudioError, ValueError, OSError) as e:
+            raise Failure(e) from None
+    return sampler
+
+
+def fit(args, ctx: distributed.Context, replaced: list[Path], weights: dict[str, float], overrides: dict, sampler) -> int:
+    out = Path(args.out)
+    last = out / "last.pt"
+    device = ctx.device
     torch.manual_seed(args.seed)  # before the model is built: its initial weights come from this seed
     state = None
-    if args.resume and last.exists():
-        try:
-            state = checkpoint.read(last)
-        except checkpoint.CheckpointError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    if args.resume:
+        found = None
+        if ctx.main and last.exists():
+            try:
+                found = checkpoint.read(last)
+            except checkpoint.CheckpointError as e:
+                found = str(e)
+        found = distributed.from_main(ctx, found)  # the other machines may not see --out
+        if isinstance(found, str):
+            raise Failure(found)
+        state = found
+    if state is not None:
         model = build(state["model"]["name"], config_from_dict(state["model"]["name"], state["model"]["config"]))
         model.load_state_dict(state["state_dict"])
     elif args.init:
         try:
             model = checkpoint.load_model(args.init).train()
         except checkpoint.CheckpointError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            raise Failure(e) from None
     else:
         try:
             model = build(args.model, **overrides) if args.model in PRESETS else build(args.model, config_from_dict(args.model, overrides))
         except (TypeError, ValueError) as e:  # values of the wrong kind in --config
-            print(f"error: cannot build {args.model} with --config {args.config}: {e}", file=sys.stderr)
-            return 2
-    model.train().to(memory_format=torch.channels_last)  # 2x faster convs on CPU
+            raise Failure(f"cannot build {args.model} with --config {args.config}: {e}") from None
+    model.train().to(device, memory_format=torch.channels_last)  # channels_last: 2x faster convs on CPU
+    if args.sync_bn and ctx.world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt_cls = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(param_groups(model, args.lr, args.policy_lr_scale), lr=args.lr, weight_decay=args.weight_decay if args.optimizer == "adamw" else 0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, args))
@@ -545,21 +672,20 @@ def main(argv=None) -> int:
         try:
             optimizer.load_state_dict(state["optimizer"])
         except ValueError:
-            print(f"error: {last} was saved with another optimiser layout (--policy-lr-scale 1 keeps one group); resume with the options it was started with",
-                  file=sys.stderr)  # fmt: skip
-            return 2
+            raise Failure(f"{last} was saved with another optimiser layout (--policy-lr-scale 1 keeps one group); resume with the options it was started with") from None
         scheduler.load_state_dict(state["scheduler"])
         step, best, skipped = state["step"], state["best_val_sisdr"], state.get("skipped", 0)
         torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         print(f"resuming {last} at step {step}")
     teacher = None
     if args.teacher:
         try:
             teacher = checkpoint.load_model(args.teacher)
         except checkpoint.CheckpointError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        teacher.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+            raise Failure(e) from None
+        teacher.eval().requires_grad_(False).to(device, memory_format=torch.channels_last)
         print(f"teacher {args.teacher}: {cost(teacher)}")
     gated = hasattr(model, "branches")
     try:
@@ -573,42 +699,45 @@ def main(argv=None) -> int:
                 raise ValueError(f"--fixed-gates needs {len(branch_macs)} values of 0 or 1, one per branch; got {args.fixed_gates}")
         elif args.mgt or args.fixed_gates is not None:
             raise ValueError("--mgt and --fixed-gates need a gated model (e.g. --model gated-student)")
-        objective = Objective(weights, kd_config(args), teacher, args.steps, gating, branch_macs)
+        objective = Objective(weights, kd_config(args), teacher, args.steps, gating, branch_macs, device.type if args.precision == "bf16" else None)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise Failure(e) from None
 
     c = cost(model)
-    print(f"model {args.init or args.model}: {c}")
-    try:
-        val = validation_set(args, sampler, model.config.stft.sample_rate)
-        val_ood = validation_set(args, sampler, model.config.stft.sample_rate, args.val_ood) if args.val_ood else None
-    except AudioError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        for f in replaced:
-            f.unlink()
-        if replaced:
-            if (out / "tb").is_dir() and not any((out / "tb").iterdir()):
-                (out / "tb").rmdir()
-            print(f"--force: deleted the earlier run in {out} ({_names(out, replaced)})")
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "args.json").write_text(json.dumps(vars(args), indent=2))
-    except OSError as e:
-        print(f"error: cannot write the run folder: {e}", file=sys.stderr)
-        return 2
-    for w in setting_warnings(args, weights):
-        print(f"warning: {w}", file=sys.stderr)
-    from torch.utils.tensorboard import SummaryWriter
+    print(f"model {args.init or args.model}: {c}" + (f"; {ctx.world} processes on {device.type}" if ctx.world > 1 else ""))
+    val = val_ood = tb = train_log = val_log = None
+    if ctx.main:
+        try:
+            val = validation_set(args, sampler, model.config.stft.sample_rate)
+            val_ood = validation_set(args, sampler, model.config.stft.sample_rate, args.val_ood) if args.val_ood else None
+        except AudioError as e:
+            raise Failure(e) from None
+        try:
+            for f in replaced:
+                f.unlink()
+            if replaced:
+                if (out / "tb").is_dir() and not any((out / "tb").iterdir()):
+                    (out / "tb").rmdir()
+                print(f"--force: deleted the earlier run in {out} ({_names(out, replaced)})")
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "args.json").write_text(json.dumps(vars(args), indent=2))
+        except OSError as e:
+            raise Failure(f"cannot write the run folder: {e}") from None
+        for w in setting_warnings(args, weights):
+            print(f"warning: {w}", file=sys.stderr)
+        from torch.utils.tensorboard import SummaryWriter
 
-    tb = SummaryWriter(str(out / "tb"))
-    train_log = CsvLog(out / "train.csv", ["step", "time", "lr", "loss", *(f"loss_{k}" for k in objective.term_names), "sisdr", "grad_norm", "skipped",
-                                            *(["usage"] if gated else [])])  # fmt: skip
-    val_log = CsvLog(out / "val.csv", ["step", "time", "val_sisdr", "val_sisdri", "val_polarity", *(["val_usage"] if gated else []),
-                                        *(["ood_sisdr", "ood_sisdri", "ood_polarity"] if val_ood else [])])  # fmt: skip
+        tb = SummaryWriter(str(out / "tb"))
+        train_log = CsvLog(out / "train.csv", ["step", "time", "lr", "loss", *(f"loss_{k}" for k in objective.term_names), "sisdr", "grad_norm", "skipped",
+                                                *(["usage"] if gated else []), "steps_per_s", "audio_s_per_s"])  # fmt: skip
+        val_log = CsvLog(out / "val.csv", ["step", "time", "val_sisdr", "val_sisdri", "val_polarity", *(["val_usage"] if gated else []),
+                                            *(["ood_sisdr", "ood_sisdri", "ood_polarity"] if val_ood else [])])  # fmt: skip
+    net = model
+    if ctx.world > 1:  # a gated model leaves the policy or a branch out of some steps' graphs
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=gated)
 
     def save(path):
+        rng = {"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
         checkpoint.save(
             path,
             model,
@@ -618,6 +747,7 @@ def main(argv=None) -> int:
             best_val_sisdr=best,
             skipped=skipped,
             torch_rng=torch.get_rng_state(),
+            **rng,
             train_args=vars(args),
             cost={"params": c.params, "macs_per_frame": c.macs_per_frame},
         )
@@ -628,89 +758,106 @@ def main(argv=None) -> int:
         stop["now"] = True
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    pool = ThreadPoolExecutor(1)  # draws the next batch while this one trains
-    pending = pool.submit(sampler.batch, step, args.batch)
-    bar = tqdm(total=args.steps, initial=step, disable=args.no_progress, dynamic_ncols=True, desc="train")
-    t0, consecutive_bad, acc = time.time(), 0, {}
     end = min(args.steps, args.stop_at or args.steps)
-    while step < end and not stop["now"]:
-        noisy, clean, *extra = pending.result()
-        pending = pool.submit(sampler.batch, step + 1, args.batch)
-        ovrl = torch.from_numpy(extra[0]) if extra else None
-        buffers = [b.clone() for b in model.buffers()]  # BatchNorm statistics, restored if this step goes bad
-        loss, terms, sisdr = objective(model, torch.from_numpy(noisy), torch.from_numpy(clean), step, ovrl)
-        optimizer.zero_grad(set_to_none=True)
-        bad = not torch.isfinite(loss)
-        if not bad:
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-            bad = not torch.isfinite(grad_norm)
-        if bad:
-            for b, saved in zip(model.buffers(), buffers):
-                b.copy_(saved)
-            skipped += 1
-            consecutive_bad += 1
-            tqdm.write(f"step {step}: non-finite loss or gradient, update skipped ({skipped} so far)")
-            if consecutive_bad >= 50:
-                print("error: 50 consecutive non-finite steps; lower --lr or check the data", file=sys.stderr)
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-                return 1
-        else:
-            consecutive_bad = 0
-            optimizer.step()
-            for k, v in [("loss", loss), ("sisdr", sisdr), ("grad_norm", grad_norm), *((f"loss_{k}", t) for k, t in terms.items())]:
-                acc.setdefault(k, []).append(v.item())
-            if objective.usage is not None:
-                acc.setdefault("usage", []).append(objective.usage)
-        scheduler.step()
-        step += 1
-        bar.update(1)
-        if step % args.log_every == 0 and acc:
-            row = {k: float(np.mean(v)) for k, v in acc.items()}
-            row.update(step=step, time=round(time.time() - t0, 1), lr=scheduler.get_last_lr()[0], skipped=skipped)
-            train_log.write(row)
-            for k, v in row.items():
-                if k not in ("step", "time"):
-                    tb.add_scalar(f"train/{k}", v, step)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", sisdr=f"{row['sisdr']:.1f}dB", lr=f"{row['lr']:.1e}")
-            acc = {}
-        if step % args.val_every == 0 or step == args.steps:
-            pattern = gating.forced(step / args.steps, len(model.branches)) if gated else None
-            v = validate(model, val, objective.share, pattern)
-            row = {"step": step, "time": round(time.time() - t0, 1), "val_sisdr": v.sisdr, "val_sisdri": v.sisdri, "val_polarity": v.polarity,
-                   "val_usage": v.usage}  # fmt: skip
-            if val_ood:
-                o = validate(model, val_ood, objective.share, pattern)
-                row.update(ood_sisdr=o.sisdr, ood_sisdri=o.sisdri, ood_polarity=o.polarity)
-                tb.add_scalar("ood/sisdr", o.sisdr, step)
-                tb.add_scalar("ood/polarity", o.polarity, step)
-                tqdm.write(f"step {step}: dev-ood SI-SDR {o.sisdr:.2f} dB ({o.sisdri:+.2f} dB over noisy)")
-            val_log.write(row)
-            tb.add_scalar("val/sisdr", v.sisdr, step)
-            tb.add_scalar("val/sisdri", v.sisdri, step)
-            tb.add_scalar("val/polarity", v.polarity, step)
-            if v.usage is not None:
-                tb.add_scalar("val/usage", v.usage, step)
-            tqdm.write(f"step {step}: validation SI-SDR {v.sisdr:.2f} dB ({v.sisdri:+.2f} dB over noisy), polarity {v.polarity:+.2f}"
-                       + (f", usage {v.usage:.2f}" if v.usage is not None else ""))  # fmt: skip
-            if v.polarity < 0:
-                tqdm.write(f"warning: step {step}: the output is inverted (it correlates at {v.polarity:+.2f} with the clean speech), so it is not "
-                           f"kept as best.pt; SI-SDR cannot see the sign: train with snr or spec in --loss", file=sys.stderr)  # fmt: skip
-            elif v.sisdr > best:
-                best = v.sisdr
-                save(out / "best.pt")
-        if step % args.ckpt_every == 0 or step == args.steps:
+    feed = distributed.batches(sampler, step, end, args.batch, ctx, args.workers)
+    bar = tqdm(total=args.steps, initial=step, disable=args.no_progress or not ctx.main, dynamic_ncols=True, desc="train")
+    t0, consecutive_bad, acc, stopping = time.time(), 0, {}, False
+    busy, busy_steps = 0.0, 0  # seconds and steps of training since the last row of train.csv
+    try:
+        while step < end and not stopping:
+            started = time.perf_counter()
+            try:
+                batch = [t.to(device) for t in next(feed)]
+            except AudioError as e:
+                raise Failure(e, 1) from None
+            if ctx.world > 1:
+                torch.manual_seed(distributed.step_seed(args.seed, step, ctx.rank))
+            buffers = [b.clone() for b in model.buffers()]  # BatchNorm statistics, restored if this step goes bad
+            optimizer.zero_grad(set_to_none=True)
+            parts, bad = [], False
+            for k, (noisy, clean, *extra) in enumerate(micro_batches(batch, args.accum)):
+                with net.no_sync() if ctx.world > 1 and k < args.accum - 1 else contextlib.nullcontext():  # gradients meet at the last micro-batch
+                    loss, terms, sisdr = objective(net, noisy, clean, step, extra[0] if extra else None)
+                    [bad] = distributed.any_of(ctx, not torch.isfinite(loss))
+                    if bad:
+                        break
+                    (loss / args.accum if args.accum > 1 else loss).backward()
+                parts.append({"loss": loss.item(), "sisdr": sisdr.item(), **{f"loss_{name}": t.item() for name, t in terms.items()}})
+                if objective.usage is not None:
+                    parts[-1]["usage"] = objective.usage
+            if not bad:
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+                bad = not torch.isfinite(grad_norm)  # the gradients every process holds after they met: the same decision everywhere
+            if bad:
+                for b, saved in zip(model.buffers(), buffers):
+                    b.copy_(saved)
+                skipped += 1
+                consecutive_bad += 1
+                tqdm.write(f"step {step}: non-finite loss or gradient, update skipped ({skipped} so far)")
+                if consecutive_bad >= 50:
+                    raise Failure("50 consecutive non-finite steps; lower --lr or check the data", 1)
+            else:
+                consecutive_bad = 0
+                optimizer.step()
+                for key in parts[0]:
+                    acc.setdefault(key, []).append(sum(p[key] for p in parts) / len(parts))  # mean over the micro-batches
+                acc.setdefault("grad_norm", []).append(grad_norm.item())
+            scheduler.step()
+            step += 1
+            busy += time.perf_counter() - started
+            busy_steps += 1
+            bar.update(1)
+            if step % args.log_every == 0 and acc:
+                row = dict(zip(acc, distributed.mean(ctx, [float(np.mean(v)) for v in acc.values()])))
+                row.update(step=step, time=round(time.time() - t0, 1), lr=scheduler.get_last_lr()[0], skipped=skipped,
+                           steps_per_s=round(busy_steps / busy, 4), audio_s_per_s=round(busy_steps * args.batch * args.seconds / busy, 2))  # fmt: skip
+                busy, busy_steps, acc = 0.0, 0, {}
+                if ctx.main:
+                    train_log.write(row)
+                    for k, v in row.items():
+                        if k not in ("step", "time"):
+                            tb.add_scalar(f"train/{k}", v, step)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", sisdr=f"{row['sisdr']:.1f}dB", lr=f"{row['lr']:.1e}")
+            if ctx.main and (step % args.val_every == 0 or step == args.steps):
+                pattern = gating.forced(step / args.steps, len(model.branches)) if gated else None
+                v = validate(model, val, objective.share, pattern)
+                row = {"step": step, "time": round(time.time() - t0, 1), "val_sisdr": v.sisdr, "val_sisdri": v.sisdri, "val_polarity": v.polarity,
+                       "val_usage": v.usage}  # fmt: skip
+                if val_ood:
+                    o = validate(model, val_ood, objective.share, pattern)
+                    row.update(ood_sisdr=o.sisdr, ood_sisdri=o.sisdri, ood_polarity=o.polarity)
+                    tb.add_scalar("ood/sisdr", o.sisdr, step)
+                    tb.add_scalar("ood/polarity", o.polarity, step)
+                    tqdm.write(f"step {step}: dev-ood SI-SDR {o.sisdr:.2f} dB ({o.sisdri:+.2f} dB over noisy)")
+                val_log.write(row)
+                tb.add_scalar("val/sisdr", v.sisdr, step)
+                tb.add_scalar("val/sisdri", v.sisdri, step)
+                tb.add_scalar("val/polarity", v.polarity, step)
+                if v.usage is not None:
+                    tb.add_scalar("val/usage", v.usage, step)
+                tqdm.write(f"step {step}: validation SI-SDR {v.sisdr:.2f} dB ({v.sisdri:+.2f} dB over noisy), polarity {v.polarity:+.2f}"
+                           + (f", usage {v.usage:.2f}" if v.usage is not None else ""))  # fmt: skip
+                if v.polarity < 0:
+                    tqdm.write(f"warning: step {step}: the output is inverted (it correlates at {v.polarity:+.2f} with the clean speech), so it is not "
+                               f"kept as best.pt; SI-SDR cannot see the sign: train with snr or spec in --loss", file=sys.stderr)  # fmt: skip
+                elif v.sisdr > best:
+                    best = v.sisdr
+                    save(out / "best.pt")
+            if ctx.main and (step % args.ckpt_every == 0 or step == args.steps):
+                save(last)
+            [stopping] = distributed.any_of(ctx, stop["now"])  # every process stops after the same step
+        bar.close()
+        if ctx.main:
             save(last)
-    bar.close()
-    pool.shutdown(wait=False, cancel_futures=True)
-    save(last)
-    tb.close()
-    for sig, handler in previous.items():  # callers (the KD ablation) must stay interruptible
-        signal.signal(sig, handler)
+            tb.close()
+    except checkpoint.CheckpointError as e:
+        raise Failure(e, 1) from None
+    finally:
+        feed.close()
+        for sig, handler in previous.items():  # callers (the KD ablation) must stay interruptible
+            signal.signal(sig, handler)
     summary = f"best validation SI-SDR {best:.2f} dB" if best > -math.inf else "no best.pt yet (no validation of a non-inverted output)"
-    if stop["now"]:
+    if stopping:
         print(f"interrupted at step {step}; saved {last} (continue with --resume); {summary}")
         return 130
     if step < args.steps:
