@@ -124,3 +124,22 @@ def test_devset_renders_the_same_from_indexes(corpus, tmp_path):
         for sub in ("noisy", "clean"):
             assert (tmp_path / "a" / sub / row["file"]).read_bytes() == (tmp_path / "b" / sub / row["file"]).read_bytes()
     assert devset.split(corpus / "index.jsonl", corpus / "index.jsonl") == devset.split(corpus, corpus)
+
+
+def test_paired_folders_take_indexes(tmp_path):
+    from distill.data import PairedSampler
+
+    rng = np.random.default_rng(2)
+    for sub in ("noisy", "clean"):
+        (tmp_path / sub / "p1").mkdir(parents=True)
+    for i in range(3):
+        c = synth_speech(rng, 24000)
+        sf.write(tmp_path / "clean" / "p1" / f"{i:03d}.wav", c, 16000)
+        sf.write(tmp_path / "noisy" / "p1" / f"{i:03d}.flac", c + 0.02 * synth_noise(rng, 24000), 16000)
+    for sub in ("noisy", "clean"):
+        write_index(tmp_path / sub, tmp_path / f"{sub}.jsonl")  # beside the folders, not in them
+    cfg = MixConfig(seconds=1.0)
+    a = PairedSampler(tmp_path / "noisy", tmp_path / "clean", cfg, seed=0)
+    b = PairedSampler(tmp_path / "noisy.jsonl", tmp_path / "clean.jsonl", cfg, seed=0)
+    assert len(b.pairs) == 3
+    assert all(np.array_equal(x, y) for x, y in zip(a.batch(4, 3), b.batch(4, 3)))
