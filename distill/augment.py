@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy import signal
 
-from runtime.audio import AudioError, list_audio, load
+from runtime.audio import AudioError, load
 
 log = logging.getLogger("distill.augment")
 
@@ -171,18 +171,12 @@ class RirBank:
         return len(self.measured) + len(self.simulated)
 
     @classmethod
-    def build(cls, rir_dir: str | Path | None, rooms: RoomConfig, sample_rate: int, cache: str | Path | None, exclude: set[str] = frozenset()) -> "RirBank":
-        measured, names = [], []
-        if rir_dir is not None:
-            root = Path(rir_dir)
-            for path in list_audio(root):
-                if path.name in exclude or path.relative_to(root).as_posix() in exclude:
-                    continue
-                measured.append(trim_rir(load(path, sample_rate), sample_rate))
-                names.append(path.name)
-            if not measured:
-                raise AudioError(f"{root}: no room impulse responses (WAV/FLAC) left after exclusions")
-        return cls(measured, simulated_rooms(rooms, sample_rate, cache), names)
+    def build(cls, files: list[Path] | None, rooms: RoomConfig, sample_rate: int, cache: str | Path | None) -> "RirBank":
+        """Measured impulse responses from ``files`` (trimmed to their direct path) and the
+        simulated rooms of ``rooms``."""
+        files = files or []
+        measured = [trim_rir(load(path, sample_rate), sample_rate) for path in files]
+        return cls(measured, simulated_rooms(rooms, sample_rate, cache), [path.name for path in files])
 
     def pick(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """A room: the speech's impulse response and the noise's."""

@@ -161,6 +161,29 @@ def corpus_root(source: str | os.PathLike) -> Path:
     return read_index(source)[0] if is_index(source) else Path(source)
 
 
+def corpus_files(source: str | os.PathLike, exclude: set[str] = frozenset()) -> list[tuple[Path, str, tuple[int, int, None] | None]]:
+    """The audio files of a corpus (folder or index) not in ``exclude`` (by name or by path relative
+    to the corpus folder): (path, relative name, (frames, rate, None) from an index or None). A
+    folder is listed, not probed, so excluded files are never opened."""
+    if is_index(source):
+        listing = [(path, name, (frames, rate, None)) for path, name, frames, rate in read_index(source)[1]]
+    else:
+        root = Path(source)
+        listing = [(path, path.relative_to(root).as_posix(), None) for path in list_audio(root)]
+    return [(path, rel, info) for path, rel, info in listing if rel not in exclude and path.name not in exclude]
+
+
+def room_bank(rir: str | os.PathLike | None, rooms: aug.RoomConfig, sample_rate: int, cache: str | os.PathLike | None, exclude: set[str] = frozenset()) -> aug.RirBank:
+    """The measured rooms of ``rir`` (a folder or its index, less ``exclude``) beside ``rooms``
+    simulated ones."""
+    files = None
+    if rir is not None:
+        files = [path for path, _, _ in corpus_files(rir, exclude)]
+        if not files:
+            raise AudioError(f"{rir}: no room impulse responses (WAV/FLAC) left after exclusions")
+    return aug.RirBank.build(files, rooms, sample_rate, cache)
+
+
 def audio_names(source: str | os.PathLike) -> list[str]:
     """The audio files of a corpus (folder or index), relative to its folder, sorted."""
     if is_index(source):
@@ -180,13 +203,7 @@ class AudioFolder:
     def __init__(self, root: str | os.PathLike, min_seconds: float, exclude: set[str] = frozenset()):
         self.root = Path(root)
         self.entries: list[_Entry] = []
-        if is_index(self.root):
-            listing = ((path, name, (frames, rate, None)) for path, name, frames, rate in read_index(self.root)[1])
-        else:  # probed one by one below: excluded files are never opened
-            listing = ((path, path.relative_to(self.root).as_posix(), None) for path in list_audio(self.root))
-        for path, rel, info in listing:
-            if rel in exclude or path.name in exclude:
-                continue
+        for path, rel, info in corpus_files(self.root, exclude):
             info = info or probe(path)
             if isinstance(info, str):
                 log.warning("skipping %s: unreadable (%s)", path, info)

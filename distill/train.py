@@ -35,8 +35,8 @@ import torch
 from tqdm import tqdm
 
 from distill import checkpoint, distributed
-from distill.augment import NONE, AugmentConfig, RirBank, RoomConfig, simulated_rooms, trim_rir
-from distill.data import AudioFolder, MixConfig, MixtureSampler, PairedSampler, PooledSampler, SyntheticSampler, is_index, paired_files, read_index
+from distill.augment import NONE, AugmentConfig, RoomConfig
+from distill.data import AudioFolder, MixConfig, MixtureSampler, PairedSampler, PooledSampler, SyntheticSampler, paired_files, room_bank
 from distill.devset import SPLITS, read_list
 from distill.dsp import apply_mask, istft, stft
 from distill.kd import METHODS, KDConfig, dfkd, dispatch_l2, gram_loss, output_kd
@@ -280,16 +280,6 @@ def _base_sampler(args, seed: int):
         rooms = room_bank(args.rir, RoomConfig(rooms=args.rooms), cfg.sample_rate, args.room_cache, exclude)
         print(f"rooms: {len(rooms.simulated)} simulated, {len(rooms.measured)} measured")
     return MixtureSampler(AudioFolder(args.clean, cfg.min_seconds, exclude), AudioFolder(args.noise, cfg.min_seconds, exclude), cfg, seed, augment, rooms)
-
-
-def room_bank(rir: str | None, rooms: RoomConfig, sample_rate: int, cache: str, exclude: set[str]) -> RirBank:
-    """The measured rooms of ``rir`` (a folder or its index) beside ``rooms`` simulated ones."""
-    if rir is None or not is_index(rir):
-        return RirBank.build(rir, rooms, sample_rate, cache, exclude)
-    files = [path for path, name, _, _ in read_index(rir)[1] if name not in exclude and path.name not in exclude]
-    if not files:
-        raise AudioError(f"{rir}: no room impulse responses (WAV/FLAC) left after exclusions")
-    return RirBank([trim_rir(load(f, sample_rate), sample_rate) for f in files], simulated_rooms(rooms, sample_rate, cache), [f.name for f in files])
 
 
 def validation_set(args, sampler, sample_rate: int, folder: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:

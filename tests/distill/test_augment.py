@@ -7,7 +7,7 @@ from scipy import signal
 
 from distill import augment as aug
 from distill import devset
-from distill.data import AudioFolder, MixConfig, MixtureSampler, rms, synth_noise, synth_speech
+from distill.data import AudioFolder, MixConfig, MixtureSampler, rms, room_bank, synth_noise, synth_speech
 from runtime.audio import AudioError
 
 SR = 16000
@@ -86,14 +86,14 @@ def test_room_bank_from_measured_files_with_exclusions(tmp_path):
     for name in ("hall.wav", "held_out.wav"):
         rir = np.concatenate([np.zeros(100), [1.0], 0.1 * rng.standard_normal(3000) * np.exp(-np.arange(3000) / 500)])
         sf.write(tmp_path / name, rir.astype(np.float32), SR)
-    bank = aug.RirBank.build(tmp_path, aug.RoomConfig(rooms=0), SR, None, exclude={"held_out.wav"})
+    bank = room_bank(tmp_path, aug.RoomConfig(rooms=0), SR, None, exclude={"held_out.wav"})
     assert bank.names == ["hall.wav"] and len(bank) == 1
     speech, noise = bank.pick(rng)
     assert aug.direct_index(speech) == 40
     with pytest.raises(AudioError, match="no room impulse responses"):
-        aug.RirBank.build(tmp_path, aug.RoomConfig(rooms=0), SR, None, exclude={"hall.wav", "held_out.wav"})
+        room_bank(tmp_path, aug.RoomConfig(rooms=0), SR, None, exclude={"hall.wav", "held_out.wav"})
     with pytest.raises(AudioError, match="empty"):
-        aug.RirBank.build(None, aug.RoomConfig(rooms=0), SR, None)
+        room_bank(None, aug.RoomConfig(rooms=0), SR, None)
 
 
 @pytest.mark.parametrize("seed", range(6))

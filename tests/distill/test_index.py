@@ -7,7 +7,7 @@ import soundfile as sf
 
 from distill import augment as aug
 from distill import data, devset, train
-from distill.data import AudioFolder, MixConfig, MixtureSampler, read_index, synth_noise, synth_speech, write_index
+from distill.data import AudioFolder, MixConfig, MixtureSampler, read_index, room_bank, synth_noise, synth_speech, write_index
 from runtime.audio import AudioError
 
 
@@ -101,8 +101,8 @@ def test_training_takes_indexes_for_clean_noise_and_rooms(corpus, tmp_path, caps
     for name in ("hall.wav", "held_out.wav"):
         sf.write(rir / name, (rng.standard_normal(4000) * np.exp(-np.arange(4000) / 400)).astype(np.float32), 16000)
     write_index(rir, rir / "index.jsonl")
-    from_index = train.room_bank(str(rir / "index.jsonl"), aug.RoomConfig(rooms=0), 16000, None, {"held_out.wav"})
-    from_folder = aug.RirBank.build(rir, aug.RoomConfig(rooms=0), 16000, None, {"held_out.wav"})
+    from_index = room_bank(str(rir / "index.jsonl"), aug.RoomConfig(rooms=0), 16000, None, {"held_out.wav"})
+    from_folder = room_bank(rir, aug.RoomConfig(rooms=0), 16000, None, {"held_out.wav"})
     assert from_index.names == from_folder.names == ["hall.wav"]
     assert np.array_equal(from_index.measured[0], from_folder.measured[0])
 
