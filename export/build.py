@@ -158,6 +158,7 @@ def build(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options) -> d
     ins, outs = io_names(model)
     cins, couts = io_names(model, core=True)
     state_pairs = list(zip(ins[1:], outs[1:]))
+    log(f"calibration: tracing {len(opt.calibration)} file(s) and the parity audio through PyTorch")
     reference = calibration.trace(model, opt.parity_audio)
     traces = [calibration.trace(model, x) for x in opt.calibration]
     files: dict[str, dict] = {}

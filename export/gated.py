@@ -200,6 +200,7 @@ def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options
     model = model.eval()
     section = gating(model)
     files: dict[str, dict] = {}
+    log(f"calibration: streaming {len(opt.calibration)} file(s) through the PyTorch parts with every branch on")
     samples = _calibration_samples(model, opt.calibration, opt.calibration_frames)
 
     def add(name, kind, **info):
