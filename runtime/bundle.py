@@ -1,7 +1,7 @@
 """Model bundles: a folder with ``manifest.json`` and the model files it lists.
 
 The manifest is the contract between ``export/`` (which writes it) and whoever runs the model
-(``runtime/``, firmware). It is documented field by field in the README ("Bundle format"). Loading
+(``runtime/``, firmware). It is documented field by field in docs/export.md ("Bundle format"). Loading
 a bundle checks the schema, the manifest's own checksum (``manifest_sha256``) and the sha256 of
 every listed file before anything is used.
 
@@ -122,7 +122,7 @@ class Bundle:
 
     @property
     def gating(self) -> dict | None:
-        """The gating protocol of a gated bundle (None for a plain one); see the README."""
+        """The gating protocol of a gated bundle (None for a plain one); see docs/slimming.md."""
         return self.manifest.get("gating")
 
     def _check_gating(self) -> None:
