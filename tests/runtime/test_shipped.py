@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from distill import checkpoint
+from distill import checkpoint, metrics
 from distill.dsp import enhance
 from runtime.backends import open_runner
 from runtime.bundle import Bundle, sha256
@@ -49,3 +49,28 @@ def test_shipped_checkpoints_have_the_right_polarity(name):
     with torch.no_grad():
         y = enhance(model, torch.from_numpy(x)[None])[0].numpy()
     assert np.corrcoef(y, clean[: len(y)])[0, 1] > 0.9
+
+
+def test_shipped_default_bundle_enhances_with_the_right_sign_and_honours_the_attenuation_limit():
+    """What a user hears: output correlated with the clean speech, better SI-SDR than the input, and
+    --atten-limit-db suppressing less the lower the limit (an inverted model did the opposite)."""
+    x, _ = sf.read(ROOT / "assets" / "sample" / "noisy.wav", dtype="float32")
+    clean, _ = sf.read(ROOT / "assets" / "sample" / "clean.wav", dtype="float32")
+    b = Bundle(ROOT / "runtime" / "bundles" / "default")
+
+    def frames(s):
+        return s[: len(s) // 160 * 160].reshape(-1, 160)  # [frames, 160]
+
+    energy = (frames(clean) ** 2).sum(1)
+    quiet = energy < np.quantile(energy, 0.2)  # frames with (almost) no speech: what suppression removes
+
+    def attenuation_db(limit):
+        y = Engine(b, open_runner(b, "onnxruntime", "fp32"), limit).run(x, block=160)
+        return y, 10 * np.log10((frames(y)[quiet] ** 2).sum() / (frames(x)[quiet] ** 2).sum())
+
+    y, free = attenuation_db(None)
+    assert np.corrcoef(y, clean[: len(y)])[0, 1] > 0.9
+    assert metrics.si_sdr(y, clean) > metrics.si_sdr(x, clean) + 3
+    _, at12 = attenuation_db(12.0)
+    _, at6 = attenuation_db(6.0)
+    assert free < at12 < at6 and at12 >= -12 and at6 >= -6
