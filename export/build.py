@@ -252,8 +252,7 @@ def build(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options) -> d
     verification["parity_audio"] = opt.parity_name
 
     reference_scores = opt.check["reference"]
-    quality = {"devset": opt.pairs_name, "files": len(opt.pairs), "budget": {"pesq_drop": opt.pesq_budget, "si_sdr_drop": opt.sisdr_budget},
-               "reference": reference_scores, "attempts": [], "results": {}}  # fmt: skip
+    quality = verify.quality_record(opt, reference_scores)
     for fmt in opt.formats:
         for i, attempt in enumerate(attempts[fmt]):
             if i:

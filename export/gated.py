@@ -298,8 +298,7 @@ def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options
                 verification["parity"][f"{fmt}/{precision}"] = {"frames": len(spec), "tolerance": tol, "passed": bool(passed), "gates": res, "pytorch_branch_usage": pytorch_usage}
 
     ref_scores = opt.check["reference"]  # PyTorch fp32 with the policy's gates
-    quality = {"devset": opt.pairs_name, "files": len(opt.pairs), "budget": {"pesq_drop": opt.pesq_budget, "si_sdr_drop": opt.sisdr_budget},
-               "reference": ref_scores, "attempts": [], "results": {}}  # fmt: skip
+    quality = verify.quality_record(opt, ref_scores)
     for fmt in opt.formats:
         for i, attempt in enumerate(attempts[fmt]):
             if i:

@@ -99,6 +99,13 @@ def model_check(model: nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]], so
     }
 
 
+def quality_record(opt, reference: dict) -> dict:
+    """The manifest's ``quality`` section before any attempt: the pairs, the budget and the fp32
+    reference every quantised model is judged against."""
+    return {"devset": opt.pairs_name, "files": len(opt.pairs), "budget": {"pesq_drop": opt.pesq_budget, "si_sdr_drop": opt.sisdr_budget},
+            "reference": reference, "attempts": [], "results": {}}  # fmt: skip
+
+
 def judge(results: dict, pesq_budget: float, sisdr_budget: float) -> dict:
     """Drops of every quantised model against PyTorch fp32, and whether each is within budget and
     keeps fp32's polarity."""
