@@ -107,6 +107,25 @@ def strip(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     return keep
 
 
+def compact(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
+    """Copy a training checkpoint without the optimiser's moments: a resume state a third the size
+    of ``last.pt`` for an Adam-trained model. Everything else a resume needs is kept (step,
+    schedule, RNG, best score); ``distill.train --resume`` starts fresh moments from it under a
+    short learning-rate re-warm-up, so the continued run is close to, not bit-equal with, one that
+    never stopped. ``moments_reset_at`` records the step."""
+    payload = read(src)
+    if "scheduler" not in payload or "torch_rng" not in payload:
+        raise CheckpointError(f"{src}: holds no training state to resume (a shipped or stripped checkpoint)")
+    dst = Path(dst)
+    if dst.is_dir() or not dst.parent.is_dir():
+        raise CheckpointError(f"{dst}: " + ("is a folder; give a file name" if dst.is_dir() else f"folder {dst.parent} does not exist"))
+    keep = {k: v for k, v in payload.items() if k != "optimizer"}
+    if "optimizer" in payload:
+        keep["moments_reset_at"] = payload["step"]
+    _write(keep, dst)
+    return keep
+
+
 def flip_polarity(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     """Copy a checkpoint with its model's output negated (``negate_output``): same quality, the
     right sign. The copy records the repair in ``repairs``."""
@@ -125,11 +144,14 @@ def main(argv=None) -> int:
     import argparse
     import sys
 
-    p = argparse.ArgumentParser(prog="python -m distill.checkpoint", description="Inspect or strip checkpoints.")
+    p = argparse.ArgumentParser(prog="python -m distill.checkpoint", description="Inspect, strip, compact or repair checkpoints.")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("strip", help="drop optimiser/resume state (for shipping)")
     s.add_argument("src", type=Path)
     s.add_argument("dst", type=Path)
+    c = sub.add_parser("compact", help="drop the optimiser's moments, keep the rest of the resume state (a smaller last.pt)")
+    c.add_argument("src", type=Path)
+    c.add_argument("dst", type=Path)
     f = sub.add_parser("flip-polarity", help="negate the model's output (repairs an inverted model)")
     f.add_argument("src", type=Path)
     f.add_argument("dst", type=Path)
@@ -140,6 +162,9 @@ def main(argv=None) -> int:
         if args.cmd == "strip":
             kept = strip(args.src, args.dst)
             print(f"{args.dst}: {kept['model']['name']} at step {kept.get('step', '?')}, {args.dst.stat().st_size / 1e6:.2f} MB")
+        elif args.cmd == "compact":
+            kept = compact(args.src, args.dst)
+            print(f"{args.dst}: resume state at step {kept['step']} without optimiser moments, {args.dst.stat().st_size / 1e6:.2f} MB")
         elif args.cmd == "flip-polarity":
             if args.dst.resolve() == args.src.resolve():
                 raise CheckpointError(f"{args.dst}: give a new file; the source is kept as it is")

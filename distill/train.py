@@ -469,6 +469,16 @@ def lr_factor(step: int, args) -> float:
     return args.final_lr + (1 - args.final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+REWARM = 200  # steps: Adam's second moments settle within ~1/(1 - beta2) = 1000 steps; most of it in the first few hundred
+
+
+def rewarm_factor(step: int, reset_at: int | None) -> float:
+    """The learning-rate factor after the optimiser's moments were reset at ``reset_at``."""
+    if reset_at is None:
+        return 1.0
+    return min(1.0, (step - reset_at + 1) / REWARM)
+
+
 class CsvLog:
     """Rows appended to a CSV file. A file from an earlier sitting of the run keeps its rows: columns
     it lacks (a newer version logs more) are added to the end of its header, empty in its old rows."""
@@ -656,15 +666,26 @@ def fit(args, ctx: distributed.Context, replaced: list[Path], weights: dict[str,
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt_cls = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(param_groups(model, args.lr, args.policy_lr_scale), lr=args.lr, weight_decay=args.weight_decay if args.optimizer == "adamw" else 0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, args))
+    if state is not None and "scheduler" not in state:
+        raise Failure(f"{last} holds no training state to resume (a stripped checkpoint); start a run from it with --init")
+    # A compact resume state (distill.checkpoint compact) has no optimiser moments: fresh ones start
+    # at that step, under a short re-warm-up so their first, noisy estimates take small steps.
+    reset_at = None if state is None else state["step"] if "optimizer" not in state else state.get("moments_reset_at")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, args) * rewarm_factor(s, reset_at))
     step, best, skipped = 0, -math.inf, 0
     if state is not None:
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except ValueError:
-            raise Failure(f"{last} was saved with another optimiser layout (--policy-lr-scale 1 keeps one group); resume with the options it was started with") from None
+        if "optimizer" in state:
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+            except ValueError:
+                raise Failure(f"{last} was saved with another optimiser layout (--policy-lr-scale 1 keeps one group); resume with the options it was started with") from None
         scheduler.load_state_dict(state["scheduler"])
         step, best, skipped = state["step"], state["best_val_sisdr"], state.get("skipped", 0)
+        if "optimizer" not in state:
+            factor = lr_factor(step, args) * rewarm_factor(step, reset_at)
+            for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base * factor
+            print(f"{last} holds no optimiser moments: fresh ones from step {step}, learning rate re-warmed over {REWARM} steps")
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
@@ -736,6 +757,7 @@ def fit(args, ctx: distributed.Context, replaced: list[Path], weights: dict[str,
             step=step,
             best_val_sisdr=best,
             skipped=skipped,
+            **({"moments_reset_at": reset_at} if reset_at is not None else {}),
             torch_rng=torch.get_rng_state(),
             **rng,
             train_args=vars(args),

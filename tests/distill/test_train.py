@@ -80,6 +80,39 @@ def test_stop_at_then_resume_equals_one_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_from_a_compact_state_rewarms_fresh_moments(tmp_path, capsys):
+    """A resume state without optimiser moments (what recipes/state keeps) continues at its step and
+    schedule, with the learning rate re-warmed from 1/REWARM of the schedule's value."""
+    run = tmp_path / "run"
+    assert train.main(_args(run, 40, "--stop-at", "20", "--warmup", "5", "--log-every", "1")) == 0
+    full = checkpoint.read(run / "last.pt")
+    kept = checkpoint.compact(run / "last.pt", run / "last.pt")
+    assert "optimizer" not in kept and kept["moments_reset_at"] == 20 and kept["step"] == 20
+    capsys.readouterr()
+    assert train.main(_args(run, 40, "--resume", "--warmup", "5", "--log-every", "1")) == 0
+    assert "fresh ones from step 20" in capsys.readouterr().out
+    rows = {int(r["step"]): float(r["lr"]) for r in _rows(run / "train.csv")}
+    assert sorted(rows) == list(range(1, 41)), "one row per step, none lost or repeated"
+    args = train.parse_args(_args(run, 40, "--warmup", "5"))
+    expected = [1e-3 * train.lr_factor(s, args) * min(1.0, (s - 20 + 1) / train.REWARM) for s in range(21, 41)]
+    np.testing.assert_allclose([rows[s] for s in range(21, 41)], expected, rtol=1e-6)  # the row of step s logs the rate step s + 1 uses
+    assert rows[21] < 0.05 * rows[20]
+    after = checkpoint.read(run / "last.pt")
+    assert after["step"] == 40 and after["moments_reset_at"] == 20 and "optimizer" in after
+    assert not all(torch.equal(after["state_dict"][k], full["state_dict"][k]) for k in full["state_dict"]), "it trained on"
+
+
+def test_a_stripped_checkpoint_is_not_a_resume_state(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train.main(_args(run, 10)) == 0
+    checkpoint.strip(run / "last.pt", run / "last.pt")
+    capsys.readouterr()
+    assert train.main(_args(run, 20, "--resume")) == 2
+    assert "no training state to resume" in _one_error_line(capsys)
+    with pytest.raises(checkpoint.CheckpointError, match="no training state"):
+        checkpoint.compact(run / "last.pt", tmp_path / "c.pt")
+
+
 class _PoisonedSampler(SyntheticSampler):
     def batch(self, step, size, stream=0):
         noisy, clean = super().batch(step, size, stream)
