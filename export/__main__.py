@@ -221,6 +221,12 @@ def report(manifest: dict) -> None:
             f"  {name:22s} PESQ {r['pesq']:.3f} (drop {r['pesq_drop']:+.3f})  SI-SDR {r['si_sdr']:.2f} dB (drop {r['si_sdr_drop']:+.2f})  "
             f"correlation {r['correlation']:+.2f}  [{setting}] {_verdict(r['passed'])}"
         )
+    if "tflm" in ver:
+        from export.verify_tflm import summary
+
+        print()
+        for line in summary(ver["tflm"], {name: f["tflm"] for name, f in manifest["files"].items() if "tflm" in f}):
+            print(line)
     check = ver["model"]
     if check["overridden"]:
         print(f"\nmodel check OVERRIDDEN (--allow-bad-model): {'; '.join(check['problems'])}")

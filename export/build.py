@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from distill import __version__
 from distill.models import config_to_dict, cost
-from export import calibration, firmware, quiet, verify
+from export import calibration, firmware, quiet, verify, verify_tflm
 from export.graph import Core, Named, Step, io_names, prepare
 from runtime.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, Bundle, seal, sha256
 from runtime.backends import open_runner
@@ -274,6 +274,8 @@ def build(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options) -> d
         log("firmware: C array and golden vectors")
         _firmware(model, out, files, reference, opt.golden_frames, runners(["model.int8io.tflite"])["model.int8io.tflite"], add)
         core_fp32.unlink(missing_ok=True)
+        write_manifest(verification)  # the TFLM check reads the bundle as firmware's build would: sealed, checksums verified
+        verify_tflm.record(out, files, verification, log)
 
     verification["passed"] = passed(verification)
     card = out / "README.md"
@@ -284,10 +286,12 @@ def build(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options) -> d
 
 
 def passed(verification: dict) -> bool:
-    """Every parity and quality check passed, and the model check passed or was overridden."""
+    """Every parity and quality check passed, the TFLM replay passed (where it ran: it is skipped
+    where tflite-micro is not installed), and the model check passed or was overridden."""
     model_ok = verification["model"]["passed"] or verification["model"]["overridden"]
     checks = [*verification["parity"].values(), *verification["quality"]["results"].values()]
-    return bool(model_ok and all(v["passed"] for v in checks))
+    tflm = verification.get("tflm", {"skipped": "no integer TFLite model"})
+    return bool(model_ok and all(v["passed"] for v in checks) and ("skipped" in tflm or tflm["passed"]))
 
 
 def reference_frame(model):
@@ -370,6 +374,59 @@ def check_card(check: dict) -> str:
     )
 
 
+def tflm_card(files: dict, tflm: dict | None) -> list[str]:
+    """The model card's firmware section: what ``verify_tflm`` measured and replayed on TFLM."""
+    if tflm is None:
+        return []
+    lines = ["## Firmware: TensorFlow Lite Micro", ""]
+    if "skipped" in tflm:
+        return lines + [f"Not checked by this export: {tflm['skipped']}. `python -m export.verify_tflm <this folder>` runs the check where tflite-micro installs."]
+    tol = tflm["tolerance"]
+    lines += [
+        f"Checked with tflite-micro {tflm['tflite_micro']}, the interpreter firmware links (`python -m export.verify_tflm <this folder>` repeats it).",
+        "",
+        "| file | flash (bytes) | tensor arena: minimum (bytes) | recommended (bytes) | operators | invoke (x86-64 host) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    facts = {name: f["tflm"] for name, f in files.items() if "tflm" in f}
+    for name, f in facts.items():
+        a = f["arena"]
+        lines.append(f"| `{name}` | {f['flash_bytes']:,} | {a['minimum_bytes']:,} | {a['recommended_bytes']:,} | {f['resolver_size']} | {f['invoke_ms']['median']:.2f} ms |")
+    lines.append("")
+    for name, f in facts.items():
+        calls = " ".join(f"resolver.{m}();" for m in f["resolver"])
+        lines += [f"`{name}` registers {f['resolver_size']} operators: `tflite::MicroMutableOpResolver<{f['resolver_size']}> resolver; {calls}`", ""]
+    if facts:
+        a = next(iter(facts.values()))["arena"]
+        lines += [
+            f"The arena minimum is the smallest size TFLM loads and runs the model in ({a['measured_on']}; one byte less fails). 32-bit targets "
+            f"need less for the interpreter's own structures, but optimised kernels (CMSIS-NN) may ask for scratch buffers the reference kernels "
+            f"do not: the recommendation is the minimum {a['margin']}. The invoke time is the host's (reference kernels), not a device number.",
+            "",
+        ]
+    lines += [
+        f"Golden vectors replayed on TFLM, in LSB (one step of a tensor's scale); a tensor passes within {tol['max_lsb']} LSB at most and "
+        f"{tol['mean_lsb']:g} LSB on average. Open loop feeds the golden states every frame; closed loop feeds the model's own states back, "
+        "as firmware does, and judges the outputs that are not states:",
+        "",
+        "| file | open loop | closed loop | passed |",
+        "|---|---|---|---|",
+    ]
+    for name, r in tflm["files"].items():
+        if "error" in r:
+            lines.append(f"| `{name}` | {r['error']} | | False |")
+            continue
+        opened, closed = verify_tflm.describe(r)
+        lines.append(f"| `{name}` | {opened} | {closed} | {r['passed']} |")
+    lines += [
+        "",
+        "The golden vectors come from LiteRT, whose (XNNPACK) kernels round some requantisations (CONV_2D, FULLY_CONNECTED, MUL) by one LSB "
+        "differently from TFLM's; later layers carry and grow such steps. Firmware on other kernels should expect differences of this "
+        "size rather than bit-exact outputs.",
+    ]
+    return lines
+
+
 def model_card(m: dict) -> str:
     """The bundle's README.md, written from its manifest."""
     mod, sig, ver = m["model"], m["signal"], m["verification"]
@@ -438,6 +495,9 @@ def model_card(m: dict) -> str:
     for name, r in q["results"].items():
         setting = m["files"][name]["quantization"]["setting"]
         lines.append(f"| `{name}` | {setting} | {r['pesq']:.3f} | {r['si_sdr']:.2f} | {r['pesq_drop']:+.3f} | {r['si_sdr_drop']:+.2f} | {r['correlation']:+.3f} | {r['passed']} |")
+    firmware_section = tflm_card(m["files"], ver.get("tflm"))
+    if firmware_section:
+        lines += ["", *firmware_section]
     lines += [
         "",
         "## Training",
