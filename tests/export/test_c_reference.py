@@ -1,0 +1,277 @@
+"""The C reference of the streaming loop (export/c_reference), compiled as firmware would compile
+it (cc -std=c99 -Wall -Wextra -Werror -O2) and run on a bundle's golden audio: the shipped default
+bundle and a fresh export of the small student, each copied and given its firmware/ by
+``c_reference.write``.
+
+- ``denoise_replay``, golden model outputs standing in for the model: its features equal the golden
+  ones but for 1-LSB differences where a value lies within float rounding of a quantisation step
+  (the golden frames come from PyTorch's FFT; 1 of 96,600 on the default bundle), the states it
+  feeds back are the golden ones, and its audio is the Python engine's under the same stand-in.
+- The loop as a shared library driven through ctypes, its invoke a Python callback that runs
+  ``model.int8io.tflite`` on LiteRT or on TensorFlow Lite Micro (``tflite_micro``): features,
+  states and audio against the Python engine running the same interpreter.
+
+Skipped, with the reason, without a C compiler, LiteRT or tflite-micro.
+"""
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export import c_reference
+from runtime.audio import load
+from runtime.backends import Runner
+from runtime.bundle import Bundle, sha256
+from runtime.engine import Engine
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT = ROOT / "runtime" / "bundles" / "default"
+SAMPLE = ROOT / "assets" / "sample" / "noisy.wav"  # the parity audio of both bundles
+CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O2"]
+AUDIO_TOLERANCE = 1e-5  # max abs difference of the output samples, relative to their peak; float rounding is about 2e-7
+FLIPS = 1e-3  # largest fraction of features allowed 1 LSB off between two FFTs
+
+
+@pytest.fixture(scope="module")
+def cc():
+    path = shutil.which("cc")
+    if path is None:
+        pytest.skip("no C compiler (cc) on this machine")
+    return path
+
+
+def _litert_runner(root: Path):
+    pytest.importorskip("ai_edge_litert", reason="the golden audio is made with LiteRT (pip install ai-edge-litert)")
+    from runtime.backends import open_runner
+
+    return open_runner(Bundle(root), "litert", "int8io")
+
+
+@pytest.fixture(scope="module", params=["default", "small"])
+def bundle(request, tmp_path_factory):
+    """A copy of the bundle with firmware/ and the golden audio written as the export writes them."""
+    source = DEFAULT if request.param == "default" else request.getfixturevalue("small_bundle")
+    root = tmp_path_factory.mktemp("cref") / request.param
+    shutil.copytree(source, root)
+    files = {}
+
+    def add(name, kind, **info):
+        files[name] = {"kind": kind, **info, "sha256": sha256(root / name)}
+
+    c_reference.write(root, _litert_runner(root), load(SAMPLE, 16000), add)
+    assert set(files) == {f"golden/{n}.npy" for n in ("audio_in", "audio_out", "audio_out_replay")} | {
+        f"firmware/{n}" for n in (*c_reference.FILES, c_reference.CONFIG)
+    }
+    return root
+
+
+def _compile(cc, out: Path, sources: list[Path], shared: bool = False) -> Path:
+    extra = ["-shared", "-fPIC"] if shared else []
+    run = subprocess.run([cc, *CFLAGS, *extra, "-o", str(out), *map(str, sources), "-lm"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return out
+
+
+def _golden(root: Path, name: str) -> np.ndarray:
+    return np.load(root / "golden" / f"{name}.npy")
+
+
+def test_golden_audio_frames_are_the_golden_frames(bundle):
+    """write() checked this before writing; here against PyTorch's framing, independently."""
+    import torch
+
+    from distill.dsp import StftConfig, stft
+
+    sig = Bundle(bundle, verify=False).signal
+    cfg = StftConfig(sample_rate=sig["sample_rate"], n_fft=sig["n_fft"], win_length=sig["win_length"], hop=sig["hop"])
+    audio, frames = _golden(bundle, "audio_in"), _golden(bundle, "frames_fp32")
+    assert len(audio) == len(frames) * sig["hop"]
+    ours = stft(torch.from_numpy(audio)[None], cfg)[0, : len(frames)].numpy()  # [T, F, 2]
+    assert np.abs(ours - frames).max() <= 1e-6 * np.abs(frames).max()
+
+
+def _replay(cc, bundle, tmp_path, firmware=None):
+    firmware = firmware or bundle / "firmware"
+    exe = _compile(cc, tmp_path / "denoise_replay", [firmware / n for n in ("denoise_replay.c", "denoise.c", "denoise_fft.c")])
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    run = subprocess.run([str(exe), str(bundle / "golden"), str(dump)], capture_output=True, text=True)
+    return run, dump
+
+
+def test_replay_reproduces_golden_features_states_and_engine_audio(cc, bundle, tmp_path):
+    run, dump = _replay(cc, bundle, tmp_path)
+    assert run.returncode == 0 and run.stdout.endswith("passed\n"), run.stdout + run.stderr
+    x, s = _golden(bundle, "int8io_input"), _golden(bundle, "int8io_states_in")
+    feats = np.fromfile(dump / "features.i8", np.int8).reshape(x.shape)
+    diff = np.abs(feats.astype(int) - x)
+    assert diff.max() <= 1 and (diff > 0).mean() <= FLIPS, f"{(diff > 0).sum()} features differ, by up to {diff.max()} LSB"
+    assert np.array_equal(np.fromfile(dump / "states_in.i8", np.int8).reshape(s.shape), s)  # start values, then each frame's output fed back
+    audio, want = np.fromfile(dump / "audio_out.f32", np.float32), _golden(bundle, "audio_out_replay")
+    assert np.abs(audio - want).max() <= AUDIO_TOLERANCE * np.abs(want).max()
+
+
+def test_replay_fails_on_a_wrong_constant(cc, bundle, tmp_path):
+    """A zero point off by one, as a hand-ported config might be: the replay says so."""
+    firmware = tmp_path / "firmware"
+    shutil.copytree(bundle / "firmware", firmware)
+    config = firmware / c_reference.CONFIG
+    text = config.read_text()
+    zp = int(text.split("DENOISE_FEATURES_ZERO_POINT")[1].split("(")[1].split(")")[0])
+    config.write_text(text.replace(f"DENOISE_FEATURES_ZERO_POINT ({zp})", f"DENOISE_FEATURES_ZERO_POINT ({zp + 1})"))
+    run, _ = _replay(cc, bundle, tmp_path, firmware)
+    assert run.returncode == 1 and run.stdout.endswith("FAILED\n"), run.stdout
+
+
+def test_replay_without_golden_vectors_says_what_is_wrong(cc, bundle, tmp_path):
+    exe = _compile(cc, tmp_path / "r", [bundle / "firmware" / n for n in ("denoise_replay.c", "denoise.c", "denoise_fft.c")])
+    run = subprocess.run([str(exe), str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.startswith("error: ") and "audio_in.npy" in run.stderr
+
+
+class Fft(ctypes.Structure):
+    _fields_ = [("n", ctypes.c_int), ("radix", ctypes.c_int * 32), ("twiddle", ctypes.c_void_p)]
+
+
+F32, CPX = np.ctypeslib.ndpointer(np.float32, flags="C"), np.ctypeslib.ndpointer(np.complex64, flags="C")
+INVOKE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, *[ctypes.POINTER(ctypes.c_int8)] * 4)
+
+
+@pytest.fixture(scope="module")
+def fft_lib(cc, tmp_path_factory):
+    path = tmp_path_factory.mktemp("fft") / "libdenoise_fft.so"
+    lib = ctypes.CDLL(str(_compile(cc, path, [c_reference.SOURCES / "denoise_fft.c"], shared=True)))
+    lib.denoise_fft_init.argtypes = [ctypes.POINTER(Fft), ctypes.c_int, CPX]
+    lib.denoise_rfft.argtypes = [ctypes.POINTER(Fft), CPX, F32, CPX]
+    lib.denoise_irfft.argtypes = [ctypes.POINTER(Fft), F32, CPX, CPX]
+    return lib
+
+
+@pytest.fixture(scope="module")
+def lib(cc, bundle, tmp_path_factory):
+    """The bundle's loop as a shared library."""
+    path = tmp_path_factory.mktemp("lib") / "libdenoise.so"
+    lib = ctypes.CDLL(str(_compile(cc, path, [bundle / "firmware" / n for n in ("denoise.c", "denoise_fft.c")], shared=True)))
+    lib.denoise_create.restype = ctypes.c_void_p
+    lib.denoise_create.argtypes = [INVOKE, ctypes.c_void_p]
+    lib.denoise_process_frame.argtypes = [ctypes.c_void_p, F32, F32]
+    lib.denoise_destroy.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+@pytest.mark.parametrize("n", [320, 2, 4, 6, 30, 64, 2 * 3 * 5 * 7 * 2, 2 * 13 * 4])
+def test_fft_matches_numpy(fft_lib, n):
+    fft, twiddle = Fft(), np.zeros(n, np.complex64)
+    assert fft_lib.denoise_fft_init(ctypes.byref(fft), n, twiddle) == 0
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(n).astype(np.float32)
+    spec, work = np.zeros(n // 2 + 1, np.complex64), np.zeros(n, np.complex64)
+    fft_lib.denoise_rfft(ctypes.byref(fft), spec, x, work)
+    want = np.fft.rfft(x.astype(np.float64))
+    assert np.abs(spec - want).max() <= 1e-6 * np.abs(want).max()
+    # bins 0 and n/2 get imaginary parts, which the inverse must ignore as numpy's does
+    X = (rng.standard_normal(n // 2 + 1) + 1j * rng.standard_normal(n // 2 + 1)).astype(np.complex64)
+    y = np.zeros(n, np.float32)
+    fft_lib.denoise_irfft(ctypes.byref(fft), y, X, work)
+    want = np.fft.irfft(X.astype(np.complex128), n)
+    assert np.abs(y - want).max() <= 1e-6 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 2 * 17, 2 * 3 * 19])
+def test_fft_refuses_lengths_it_cannot_do(fft_lib, n):
+    assert fft_lib.denoise_fft_init(ctypes.byref(Fft()), n, np.zeros(max(n, 1), np.complex64)) == -1
+    assert not c_reference.fft_supported(n)
+
+
+class Tflm(Runner):
+    """``model.int8io.tflite`` on TensorFlow Lite Micro, as a runtime backend (input order: features,
+    then the states in manifest order; outputs: z, then each <state>_out in that order)."""
+
+    def __init__(self, runner: Runner):
+        super().__init__(runner.bundle, runner.model)
+        from tflite_micro.python.tflite_micro import runtime
+
+        self.interpreter = runtime.Interpreter.from_file(str(runner.model.path), arena_size=1 << 20)
+
+    def run(self, x, states):
+        ip = self.interpreter
+        for i, v in enumerate([x, *states]):
+            ip.set_input(v, i)
+        ip.invoke()
+        return [ip.get_output(i) for i in range(1 + len(states))]
+
+
+class Follow(Runner):
+    """Another runner whose model input is the C loop's features of the same frame: so both sides
+    run the model on the same values where their FFTs round a feature to different int8 values.
+    Keeps its own features and the states it was given."""
+
+    def __init__(self, runner: Runner, features: list[np.ndarray]):
+        super().__init__(runner.bundle, runner.model)
+        self.inner, self.theirs = runner, features
+        self.ours, self.states = [], []
+
+    def run(self, x, states):
+        self.ours.append(x.copy())
+        self.states.append(np.concatenate([s.ravel() for s in states]))
+        return self.inner.run(self.theirs[len(self.ours) - 1], states)
+
+
+def _stream_c(lib, runner: Runner, audio: np.ndarray):
+    """The C loop over ``audio``, its invoke ``runner.run`` through a ctypes callback; returns the
+    audio and, per frame, the features and states the loop passed."""
+    shapes = [s.shape for s in runner.bundle.states]
+    bounds = np.cumsum([0, *(int(np.prod(s)) for s in shapes)])
+    in_shape, z_len = runner.in_spec["shape"], int(np.prod(runner.out_spec["shape"]))
+    features, states, errors = [], [], []
+
+    def invoke(ctx, x, s_in, z, s_out):
+        try:  # an exception must not leave the C side running on garbage
+            feats = np.ctypeslib.as_array(x, (int(np.prod(in_shape)),)).reshape(in_shape).copy()
+            s = np.ctypeslib.as_array(s_in, (int(bounds[-1]),)).copy()
+            out = runner.run(feats, [s[a:b].reshape(sh) for a, b, sh in zip(bounds[:-1], bounds[1:], shapes)])
+            np.ctypeslib.as_array(z, (z_len,))[:] = out[0].ravel()
+            np.ctypeslib.as_array(s_out, (int(bounds[-1]),))[:] = np.concatenate([o.ravel() for o in out[1:]])
+            features.append(feats)
+            states.append(s)
+            return 0
+        except Exception as e:
+            errors.append(e)
+            return 1
+
+    callback = INVOKE(invoke)
+    st = lib.denoise_create(callback, None)
+    assert st
+    hop = runner.bundle.signal["hop"]
+    y = np.zeros_like(audio)
+    try:
+        for t in range(len(audio) // hop):
+            block = np.ascontiguousarray(audio[t * hop : (t + 1) * hop])
+            out = np.zeros(hop, np.float32)
+            assert lib.denoise_process_frame(st, out, block) == 0, errors
+            y[t * hop : (t + 1) * hop] = out
+    finally:
+        lib.denoise_destroy(st)
+    return y, features, states
+
+
+@pytest.mark.parametrize("interpreter", ["litert", "tflm"])
+def test_c_loop_through_ctypes_matches_the_engine_on_the_same_interpreter(lib, bundle, interpreter):
+    runner = _litert_runner(bundle)
+    if interpreter == "tflm":
+        pytest.importorskip("tflite_micro", reason="tflite-micro has a cp311 x86-64 wheel only (pip install tflite-micro)")
+        runner = Tflm(runner)
+    audio = _golden(bundle, "audio_in")
+    y, features, states = _stream_c(lib, runner, audio)
+    follow = Follow(runner, features)
+    want = Engine(runner.bundle, follow).process(audio)
+    diff = np.abs(np.stack(features).astype(int) - np.stack(follow.ours))
+    assert diff.max() <= 1 and (diff > 0).mean() <= FLIPS, f"{(diff > 0).sum()} features differ, by up to {diff.max()} LSB"
+    assert np.array_equal(np.stack(states), np.stack(follow.states))  # start values and feedback, frame by frame
+    peak = np.abs(want).max()
+    assert np.abs(y - want).max() <= AUDIO_TOLERANCE * peak
+    if interpreter == "litert" and not diff.any():  # then nothing differs from the export's own run
+        assert np.abs(y - _golden(bundle, "audio_out")).max() <= AUDIO_TOLERANCE * peak
