@@ -43,8 +43,9 @@ def main(argv=None) -> int:
         if ref is not None and (not np.isfinite(ref).all() or abs(len(ref) - len(mono)) > rate // 100):
             raise AudioError(f"{args.reference}: not a reference for {args.input} (different length or NaN/Inf samples)")
         t0 = time.perf_counter()
-        with torch.no_grad():
-            y = enhance(model, torch.from_numpy(np.ascontiguousarray(mono))[None])[0].numpy()
+        wav = torch.from_numpy(np.ascontiguousarray(mono))[None]  # [1, L]
+        with torch.no_grad():  # a generative model (distill.rosecd) brings its own sampler
+            y = (model.enhance(wav) if hasattr(model, "enhance") else enhance(model, wav))[0].numpy()
         elapsed = time.perf_counter() - t0
         write(args.output, resample(y, rate, sr), sr)
     except (AudioError, checkpoint.CheckpointError) as e:
