@@ -17,6 +17,10 @@
 
 #include "denoise_config.h"
 
+#ifdef __cplusplus
+extern "C" { /* TFLM firmware is C++ */
+#endif
+
 typedef struct denoise_state denoise_state;
 
 /* Runs the model once; returns 0 on success, anything else on failure.
@@ -59,5 +63,9 @@ void denoise_reset(denoise_state *st);
 int denoise_process_frame(denoise_state *st, float *out, const float *in);
 
 void denoise_destroy(denoise_state *st);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* DENOISE_H */

@@ -8,6 +8,10 @@
 #ifndef DENOISE_FFT_H
 #define DENOISE_FFT_H
 
+#ifdef __cplusplus
+extern "C" { /* TFLM firmware is C++ */
+#endif
+
 #define DENOISE_FFT_MAX_RADIX 16
 #define DENOISE_FFT_MAX_FACTORS 32
 
@@ -32,5 +36,9 @@ void denoise_rfft(const denoise_fft *f, denoise_cpx *out, const float *in, denoi
 /* The inverse (numpy.fft.irfft with its 1/n): n real samples from n/2 + 1 bins of a Hermitian
  * spectrum; the imaginary parts of bins 0 and n/2 are ignored. work: n values of scratch. */
 void denoise_irfft(const denoise_fft *f, float *out, const denoise_cpx *in, denoise_cpx *work);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* DENOISE_FFT_H */
