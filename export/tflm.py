@@ -28,8 +28,8 @@ class Tolerance:
     scale), per tensor over all frames. The golden vectors come from LiteRT, whose XNNPACK kernels
     round some requantisations differently from TFLM's reference kernels: with equal inputs a
     CONV_2D, FULLY_CONNECTED or MUL output differs by 1 LSB now and then (tensor by tensor against
-    LiteRT; TFLite's own reference kernels differ from XNNPACK the same way), and the following
-    layers carry and grow it within the frame. Measured on the shipped default bundle (200 golden
+    LiteRT; TFLite's own reference kernels differ from TFLM in FULLY_CONNECTED only), and the
+    following layers carry and grow it within the frame. Measured on the shipped default bundle (200 golden
     frames): open loop, z 8 LSB (mean 0.24), states up to 17 LSB (gru0_h, mean 0.46); closed loop,
     z 10 LSB (mean 0.47), and z 15 LSB over the 1001 frames of the shipped sample, never a window of
     200 frames above 0.52 mean. A wrong kernel, tensor order or golden file moves whole tensors by
