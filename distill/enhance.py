@@ -19,6 +19,7 @@ import torch
 
 from distill import checkpoint, metrics
 from distill.dsp import enhance
+from distill.meco import load_enhancer
 from distill.models import cost
 from runtime.audio import AudioError, check_audio_output, finite, load, read, resample, to_mono, write
 
@@ -34,7 +35,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         check_audio_output(args.output, args.input, *([args.reference] if args.reference else []))
-        model = checkpoint.load_model(args.checkpoint)
+        model = load_enhancer(args.checkpoint)  # a corrector's checkpoint: its student and it, chained
         x, sr = read(args.input)
         x, replaced = finite(x)
         rate = model.config.stft.sample_rate

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from distill import checkpoint
 from distill.data import paired_files
 from distill.dsp import enhance
+from distill.meco import load_enhancer
 from distill.metrics import SAMPLE_RATE, all_metrics
 from runtime.audio import AudioError, load, write
 
@@ -121,11 +122,12 @@ def read_eval_sets(sets: dict[str, Path], limit: int | None = None) -> dict[str,
 
 
 def enhancer(model):
-    """Offline enhancement of one signal with a model's ``forward``."""
+    """Offline enhancement of one signal with a model's ``forward`` (or a chain's ``enhance``)."""
+    offline = getattr(model, "enhance", None) or (lambda wav: enhance(model, wav))
 
     def run(noisy: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return enhance(model, torch.from_numpy(noisy)[None])[0].numpy()
+            return offline(torch.from_numpy(noisy)[None])[0].numpy()
 
     return run
 
@@ -236,7 +238,7 @@ def main(argv=None) -> int:
             data[label] = read_eval_set(args.noisy, args.clean, None, args.limit)
         stems = [ck.stem for ck in args.checkpoint]
         names = [ck.stem if stems.count(ck.stem) == 1 else f"{ck.parent.name}/{ck.stem}" for ck in args.checkpoint]
-        models = {name: checkpoint.load_model(ck) for name, ck in zip(names, args.checkpoint)}
+        models = {name: load_enhancer(ck) for name, ck in zip(names, args.checkpoint)}
         enhanced_dirs = {}
         for item in args.enhanced:
             name, sep, d = item.partition("=")

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from distill.dsp import StftConfig
+from distill.models.corrector import Corrector, CorrectorConfig
 from distill.models.crn import CRN, CRNConfig
 from distill.models.gated_crn import GatedCRN, GatedCRNConfig
 from distill.models.layers import BandMatrix
@@ -15,6 +16,7 @@ from distill.models.score_unet import ScoreUNet, ScoreUNetConfig
 
 MODELS: dict[str, tuple[type, type]] = {"crn": (CRNConfig, CRN), "gated_crn": (GatedCRNConfig, GatedCRN)}
 MODELS["score_unet"] = (ScoreUNetConfig, ScoreUNet)  # a whole-utterance generative teacher (distill.rosecd)
+MODELS["corrector"] = (CorrectorConfig, Corrector)  # a second stage after a student (distill.meco)
 
 # Named sizes of the CRN family. All share depth and frequency strides (161 -> 6 bins over five
 # layers), so teacher and student feature maps lie on the same time-frequency grid (Gram KD needs
@@ -152,7 +154,7 @@ def cost(model: nn.Module) -> Cost:
         if hasattr(model, "frame_macs"):  # a whole-utterance model (no step): per frame of one network evaluation
             macs = model.frame_macs()
         else:
-            macs = _count_macs(list(model.modules()), lambda: model.step(torch.zeros(1, model.config.stft.bins, 2), model.initial_state(1)))
+            macs = _count_macs(list(model.modules()), lambda: model.step(torch.zeros(1, model.config.stft.bins, getattr(model, "frame_width", 2)), model.initial_state(1)))
     finally:
         model.train(was_training)
     params = sum(p.numel() for p in model.parameters())
