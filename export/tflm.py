@@ -86,7 +86,7 @@ def unavailable() -> str | None:
     try:
         from tflite_micro.python.tflite_micro import runtime  # noqa: F401
     except (ImportError, OSError) as e:
-        return f"tflite-micro is not installed ({e}); it has wheels for x86-64 Linux only, where pip install 'tiny-denoise[export]' brings it"
+        return f"tflite-micro is not installed ({e}); it has wheels for x86-64 Linux only, where the export extra brings it"
     return None
 
 
@@ -125,6 +125,16 @@ def _open(model: bytes, arena: int, messages: list[str]):
         return runtime.Interpreter.from_bytes(model, arena_size=arena)
 
 
+def _load(model: bytes, arena: int):
+    """``_open`` for a size meant to fit: a failure is the model's, said in TFLM's words."""
+    messages: list[str] = []
+    try:
+        return _open(model, arena, messages)
+    except RuntimeError:
+        said = "; ".join(m.strip() for m in messages if m.strip()) or "no message"
+        raise TflmError(f"TFLM cannot load it in a {arena}-byte arena: {said}") from None
+
+
 def _fits(model: bytes, arena: int) -> bool:
     try:
         ip = _open(model, arena, [])
@@ -146,6 +156,7 @@ class Graph:
 
 
 def graph(model: bytes) -> Graph:
+    """Read the flatbuffer (TFLM's own schema module) without running it."""
     from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
     m = schema.Model.GetRootAs(model, 0)
@@ -189,14 +200,14 @@ def arena(model: bytes) -> dict:
     """The smallest tensor arena TFLM loads and runs ``model`` in, found by bisection from the
     RecordingMicroAllocator's total (below the minimum every size fails, from it every size works:
     the interval keeps one failing and one working end until they are one byte apart)."""
+    ip = _load(model, _AMPLE_ARENA)
     messages: list[str] = []
     try:
-        ip = _open(model, _AMPLE_ARENA, messages)
+        with _printed(messages):
+            ip.invoke()
+            ip.print_allocations()
     except RuntimeError:
-        raise TflmError(f"TFLM cannot load it: {'; '.join(m.strip() for m in messages if m.strip()) or 'no message'}") from None
-    with _printed(messages):
-        ip.invoke()
-        ip.print_allocations()
+        raise TflmError(f"TFLM cannot run it: {'; '.join(m.strip() for m in messages if m.strip()) or 'no message'}") from None
     use = {k: int(v) for k, v in re.findall(r"Arena allocation (total|head|tail) (\d+) bytes", "\n".join(messages))}
     works, fails = use["total"], use["total"] - 1
     while not _fits(model, works):
@@ -223,7 +234,7 @@ def arena(model: bytes) -> dict:
 def details(model: bytes, arena_bytes: int = _AMPLE_ARENA) -> tuple[list[dict], list[dict]]:
     """TFLM's view of every graph input and output, in graph order: shape, dtype, scale, zero point."""
     n = graph(model)
-    ip = _open(model, arena_bytes, [])
+    ip = _load(model, arena_bytes)
 
     def spec(d):
         q = d["quantization_parameters"]
@@ -272,11 +283,7 @@ def replay(
     frames = len(inputs[0])
     in_names, out_names = names or ([f"input{i}" for i in range(len(inputs))], [f"output{j}" for j in range(len(outputs))])
     state_outs = {j for j, _ in feedback}
-    messages: list[str] = []
-    try:
-        ip = _open(model, arena_bytes, messages)
-    except RuntimeError:
-        raise TflmError(f"TFLM cannot load it in {arena_bytes} bytes: {'; '.join(m.strip() for m in messages if m.strip())}") from None
+    ip = _load(model, arena_bytes)
     inputs = [np.ascontiguousarray(a) for a in inputs]
     times: list[float] = []
 
@@ -299,7 +306,11 @@ def replay(
             for j in range(len(outputs)):
                 got[j][t] = ip.get_output(j)
         tensors = {out_names[j]: _compare(got[j], outputs[j], not closed or j not in state_outs, tolerance) for j in range(len(outputs))}
-        res = {"bit_exact": all(v["max_lsb"] == 0 for v in tensors.values()), "passed": all(v["passed"] for v in tensors.values()), "tensors": tensors}
+        res = {
+            "bit_exact": all(v["max_lsb"] == 0 for v in tensors.values()),
+            "passed": all(v["passed"] for v in tensors.values()),
+            "tensors": tensors,
+        }
         if closed:
             res["golden_states_used"] = restarts
         return res

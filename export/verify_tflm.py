@@ -43,7 +43,8 @@ def integer_models(bundle: Bundle) -> list[str]:
     return [
         name
         for name, e in bundle.files.items()
-        if e.get("kind") in ("model", "part") and e.get("format") == "tflite" and all(t["dtype"] in INTEGER for t in sum(tensors(e["io"]), []))
+        if e.get("kind") in ("model", "part") and e.get("format") == "tflite"
+        and all(t["dtype"] in INTEGER for t in sum(tensors(e["io"]), []))
     ]
 
 
@@ -86,7 +87,8 @@ def golden(bundle: Bundle, model: str) -> tuple[list[np.ndarray], list[np.ndarra
         if a is None:
             raise tflm.TflmError(f"{', '.join(files)}: no golden array for tensor {t['name']}")
         if a.dtype.name != t["dtype"] or list(a.shape[1:]) != t["shape"]:
-            raise tflm.TflmError(f"{', '.join(files)}: golden {t['name']} is {a.dtype.name} {list(a.shape)}, the tensor is {t['dtype']} [frames, {', '.join(map(str, t['shape']))}]")
+            want = f"{t['dtype']} [frames, {', '.join(map(str, t['shape']))}]"
+            raise tflm.TflmError(f"{', '.join(files)}: golden {t['name']} is {a.dtype.name} {list(a.shape)}, the tensor is {want}")
     frames = {len(arrays[t["name"]]) for t in ins + outs}
     if len(frames) != 1 or 0 in frames:
         raise tflm.TflmError(f"{', '.join(files)}: golden arrays need one common, non-zero number of frames (have {sorted(frames)})")
@@ -120,7 +122,7 @@ def check_io(graph: tflm.Graph, seen: tuple[list[dict], list[dict]], listed: tup
                 if g[key] != w[key]:
                     problems.append(f"{side} {k} ({w['name']}): {key} {g[key]} under TFLM, {w[key]} in the manifest")
             for key in ("scale", "zero_point"):
-                if not _same(g[key], w.get(key)):
+                if w.get(key) is None or not _same(g[key], w[key]):
                     problems.append(f"{side} {k} ({w['name']}): {key} {g[key]} under TFLM, {w.get(key)} in the manifest")
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
@@ -164,7 +166,8 @@ def check(root: str | Path) -> dict:
             files[name] = check_file(bundle, name)
         except tflm.TflmError as e:
             files[name] = {"error": f"{name}: {e}", "passed": False}
-    return {"tflite_micro": tflm.version(), "tolerance": asdict(tflm.TOLERANCE), "files": files, "passed": all(f["passed"] for f in files.values())}
+    passed = all(f["passed"] for f in files.values())
+    return {"tflite_micro": tflm.version(), "tolerance": asdict(tflm.TOLERANCE), "files": files, "passed": passed}
 
 
 def record(root: Path, files: dict, verification: dict, log) -> None:
@@ -212,7 +215,8 @@ def describe(replay: dict) -> tuple[str, str]:
         text = _worst(judged)
         if drift:
             text += f"; states drift {_worst(drift).replace('max ', 'up to ')}, not judged"
-        bad = [f"{n} {v['max_lsb']} LSB (mean {v['mean_lsb']:.2f}) at frames {v['worst_frames']}" for n, v in judged.items() if not v["passed"]]
+        bad = [f"{n} {v['max_lsb']} LSB (mean {v['mean_lsb']:.2f}) at frames {v['worst_frames']}"
+               for n, v in judged.items() if not v["passed"]]  # fmt: skip
         texts.append(text + (f"; FAILED: {', '.join(bad)}" if bad else ""))
     return texts[0], texts[1]
 
@@ -223,7 +227,8 @@ def summary(verification_tflm: dict, facts: dict[str, dict]) -> list[str]:
     if "skipped" in v:
         return [f"TFLM check skipped: {v['skipped']}"]
     tol = v["tolerance"]
-    lines = [f"TFLM (tflite-micro {v['tflite_micro']}): golden vectors replayed; tolerance per tensor <= {tol['max_lsb']} LSB, mean <= {tol['mean_lsb']:g} LSB:"]
+    lines = [f"TFLM (tflite-micro {v['tflite_micro']}): golden vectors replayed; "
+             f"tolerance per tensor <= {tol['max_lsb']} LSB, mean <= {tol['mean_lsb']:g} LSB:"]  # fmt: skip
     for name, r in v["files"].items():
         if "error" in r:
             lines.append(f"  {name:22s} FAILED: {r['error']}")
@@ -233,8 +238,9 @@ def summary(verification_tflm: dict, facts: dict[str, dict]) -> list[str]:
         f = facts.get(name)
         if f:
             a = f["arena"]
-            lines.append(f"  {'':22s} arena {a['minimum_bytes']:,} bytes minimum ({a['recommended_bytes']:,} recommended), flash {f['flash_bytes']:,} bytes, "
-                         f"{f['resolver_size']} operators, {f['invoke_ms']['median']:.2f} ms per invoke (x86-64 reference kernels, not a device number)")  # fmt: skip
+            lines.append(f"  {'':22s} arena {a['minimum_bytes']:,} bytes minimum ({a['recommended_bytes']:,} recommended), "
+                         f"flash {f['flash_bytes']:,} bytes, {f['resolver_size']} operators, "
+                         f"{f['invoke_ms']['median']:.2f} ms per invoke (x86-64 reference kernels, not a device number)")  # fmt: skip
     return lines
 
 

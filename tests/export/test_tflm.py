@@ -60,9 +60,11 @@ def test_default_bundle_replays_under_tflm(default_result, runtime_tflm):
     assert 0 < facts["invoke_ms"]["median"] <= facts["invoke_ms"]["max"]
 
 
-def test_unknown_operator_is_named():
+def test_unknown_operator_is_named(runtime_tflm):
     with pytest.raises(tflm.TflmError, match="POW"):
         tflm.resolver({"CONV_2D": 1, "POW": 1})
+    with pytest.raises(tflm.TflmError, match="POW"):  # the fp32 step graph: TFLM has no POW kernel
+        tflm.details((DEFAULT / "model.tflite").read_bytes())
 
 
 @pytest.mark.parametrize("name", ["golden/int8io_output.npy", MODEL])
