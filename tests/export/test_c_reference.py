@@ -14,6 +14,7 @@ bundle and a fresh export of the small student, each copied and given its firmwa
 Skipped, with the reason, without a C compiler, LiteRT or tflite-micro.
 """
 import ctypes
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -119,9 +120,9 @@ def test_replay_fails_on_a_wrong_constant(cc, bundle, tmp_path):
     firmware = tmp_path / "firmware"
     shutil.copytree(bundle / "firmware", firmware)
     config = firmware / c_reference.CONFIG
-    text = config.read_text()
-    zp = int(text.split("DENOISE_FEATURES_ZERO_POINT")[1].split("(")[1].split(")")[0])
-    config.write_text(text.replace(f"DENOISE_FEATURES_ZERO_POINT ({zp})", f"DENOISE_FEATURES_ZERO_POINT ({zp + 1})"))
+    text, n = re.subn(r"(#define DENOISE_FEATURES_ZERO_POINT\s+)\((-?\d+)\)", lambda m: f"{m[1]}({int(m[2]) + 1})", config.read_text())
+    assert n == 1
+    config.write_text(text)
     run, _ = _replay(cc, bundle, tmp_path, firmware)
     assert run.returncode == 1 and run.stdout.endswith("FAILED\n"), run.stdout
 
