@@ -70,13 +70,23 @@ class System:
 
 
 def stream(streamer: Streamer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Run a 16 kHz signal through a streamer one hop per call, from a fresh state, with zeros
-    after the end to flush its delay; returns the output aligned to the input and the wall time of
-    every call in microseconds (resampling at the edges is not timed).
+    """Run a 16 kHz signal through a streamer (see ``run_native``), resampled to its rate and back;
+    returns the output aligned to the input and the wall time of every call in microseconds
+    (resampling at the edges is not timed).
 
     Shape: x [L] -> (y [L], times [calls])
     """
-    sig = resample(x.astype(np.float32), RATE, streamer.rate)  # [L']
+    y, times = run_native(streamer, resample(x.astype(np.float32), RATE, streamer.rate))
+    return resample(y, streamer.rate, RATE)[: len(x)], times
+
+
+def run_native(streamer: Streamer, sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run a signal at the streamer's own rate through it one hop per call, from a fresh state,
+    with zeros after the end to flush its delay; returns the output with its delay removed
+    (aligned to the input) and the wall time of every call in microseconds.
+
+    Shape: sig [L] -> (y [L], times [calls])
+    """
     hop = streamer.hop
     calls = -(-(len(sig) + streamer.delay) // hop)
     padded = np.zeros(calls * hop, np.float32)
@@ -88,8 +98,7 @@ def stream(streamer: Streamer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         t0 = time.perf_counter_ns()
         out[k * hop : (k + 1) * hop] = streamer.process(padded[k * hop : (k + 1) * hop])
         times[k] = (time.perf_counter_ns() - t0) / 1e3
-    y = out[streamer.delay : streamer.delay + len(sig)]  # [L']
-    return resample(y, streamer.rate, RATE)[: len(x)], times
+    return out[streamer.delay : streamer.delay + len(sig)], times
 
 
 # ---------------------------------------------------------------- ours

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from distill import checkpoint, distributed
+from distill import checkpoint, distributed, pool, teachers
 from distill.augment import NONE, AugmentConfig, RoomConfig
 from distill.data import AudioFolder, MixConfig, MixtureSampler, PairedSampler, PooledSampler, SyntheticSampler, paired_files, room_bank
 from distill.devset import SPLITS, read_list
@@ -129,7 +129,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--clip", type=POSITIVE, default=5.0, help="gradient norm clip")
     g.add_argument("--loss", default="spec=1,sisdr=0.01", help="weighted supervised terms: sisdr, snr, spec, psa (snr and spec see the sign of the output; sisdr and psa do not)")
     g = p.add_argument_group("distillation (see docs/training.md: Distillation)")
-    g.add_argument("--teacher", help="frozen teacher checkpoint")
+    g.add_argument("--teacher", help="frozen teacher: a checkpoint (white-box), or a black box (output-level KD only): a bundle folder, a peer "
+                                      "(gtcrn, ulunas, dtln, dtln-int8 from --peers, or one of their files), rnnoise or deepfilternet3")
+    g.add_argument("--peers", default=teachers.PEERS_DIR, metavar="DIR", help="folder of the peer models (gtcrn/, ulunas/, dtln/), relative to the working directory")
+    g.add_argument("--pool", type=POSITIVE_INT, metavar="N", help="train on a fixed pool of this many mixtures, rendered once with the teacher's outputs "
+                                                   "(see docs/training.md: Teachers and pools)")
+    g.add_argument("--pool-dir", default="data/pools", metavar="DIR", help="where pools are rendered, one folder per definition")
     g.add_argument("--kd", choices=METHODS, default="none", help="KD method")
     g.add_argument("--kd-weight", type=NON_NEGATIVE, default=1.0, help="weight of the KD term added to the supervised loss")
     g.add_argument("--kd-topk", type=number(float, high=1.0), default=0.8, help="DISPatch: fraction of patches kept per utterance")
@@ -185,6 +190,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--clean and --noise go together")
     if (args.kd != "none") != bool(args.teacher):
         p.error("--kd METHOD and --teacher CKPT go together")
+    if args.pool and args.mgt:
+        p.error("--pool and --mgt each train on a fixed pool of their own: give one")
+    if args.teacher:
+        try:
+            spec = teachers.resolve(args.teacher, args.peers)
+        except teachers.TeacherError as e:
+            p.error(str(e))
+        if not spec.white_box and KDConfig(method=args.kd).needs_activations:
+            p.error(f"--kd {args.kd} matches the teacher's activations, and --teacher {args.teacher} is a black box (seen only through its output): "
+                    f"use --kd output, dispatch, dfkd or dispatch-mssp, or a checkpoint teacher")  # fmt: skip
     if args.resume and args.force:
         p.error("--resume continues the run in --out and --force starts it over: give one")
     if args.sync_bn and args.device != "cuda":
@@ -244,6 +259,9 @@ def kd_config(args) -> KDConfig | None:
 
 def make_sampler(args, seed: int):
     base = _base_sampler(args, seed)
+    if args.pool:  # the teacher's outputs go into the pool unless Gram KD needs it to run on every batch
+        taught = args.teacher and not KDConfig(method=args.kd).needs_activations
+        return pool.sampler(base, args.pool, seed, args.pool_dir, teachers.resolve(args.teacher, args.peers) if taught else None, not args.no_progress)
     if not args.mgt:
         return base
     source = "synthetic" if args.synthetic else str(args.paired or (args.clean, args.noise, sorted(args.exclude)))
@@ -326,7 +344,9 @@ class GateConfig:
 
 class Objective:
     """The loss of one batch: supervised terms, plus a KD term against a frozen teacher whose
-    outputs are computed once per batch, plus for gated models the cost of the gates' usage.
+    outputs are computed once per batch (or come with the batch from a pool, ``taught``), plus for
+    gated models the cost of the gates' usage. ``teacher``: a white-box model, a black-box
+    ``distill.teachers.Teacher`` (output-level KD), or None when the batches bring its outputs.
     Two-step KD trains on the KD loss alone for the first ``split`` of the steps and on the
     supervised loss alone afterwards. With ``autocast`` (a device type) the forward passes of model
     and teacher run under bf16 autocast and the losses in fp32."""
@@ -352,9 +372,9 @@ class Objective:
         with torch.autocast(self.autocast, dtype=torch.bfloat16):
             return _fp32(net(*args, **kwargs))
 
-    def __call__(self, net, noisy, clean, step: int, ovrl: torch.Tensor | None = None):
+    def __call__(self, net, noisy, clean, step: int, ovrl: torch.Tensor | None = None, taught: torch.Tensor | None = None):
         """Returns the total, its terms and the batch SI-SDR (dB). ``net`` is the model or its
-        DistributedDataParallel wrapper."""
+        DistributedDataParallel wrapper; ``taught``: the teacher's aligned outputs [B, L]."""
         model = net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
         cfg = model.config.stft
         kd = self.kd
@@ -384,9 +404,13 @@ class Objective:
         terms = {} if step1 else supervised(self.weights, ew, clean, es, cs, ns)
         if method != "none" and (method != "two-step" or step1):
             with torch.no_grad():
-                t_mask, t_acts = self._forward(self.teacher, ns, taps=True) if taps else (self._forward(self.teacher, ns), None)
-                ts = apply_mask(ns, t_mask)
-                tw = istft(ts, cfg, noisy.shape[-1])
+                if taught is None and isinstance(self.teacher, torch.nn.Module):
+                    t_mask, t_acts = self._forward(self.teacher, ns, taps=True) if taps else (self._forward(self.teacher, ns), None)
+                    ts = apply_mask(ns, t_mask)
+                    tw = istft(ts, cfg, noisy.shape[-1])
+                else:  # a black box: its waveform, and our STFT of it
+                    tw = taught if taught is not None else torch.from_numpy(self.teacher.enhance(noisy.float().cpu().numpy())).to(noisy.device)  # [B, L]
+                    ts, t_acts = stft(tw, cfg), None  # [B, T, F, 2]
             if method == "output":
                 terms["kd"] = kd.weight * output_kd(es, ts)
             elif method == "dispatch":
@@ -691,13 +715,18 @@ def fit(args, ctx: distributed.Context, replaced: list[Path], weights: dict[str,
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         print(f"resuming {last} at step {step}")
     teacher = None
-    if args.teacher:
+    if args.teacher and not getattr(sampler, "fields", ()):  # a pool holding the teacher's outputs needs no teacher
         try:
-            teacher = checkpoint.load_model(args.teacher)
-        except checkpoint.CheckpointError as e:
+            teacher = teachers.resolve(args.teacher, args.peers).open()
+        except teachers.TeacherError as e:
             raise Failure(e) from None
-        teacher.eval().requires_grad_(False).to(device, memory_format=torch.channels_last)
-        print(f"teacher {args.teacher}: {cost(teacher)}")
+        if teacher.white_box:
+            teacher = teacher.model.to(device, memory_format=torch.channels_last)
+            print(f"teacher {args.teacher}: {cost(teacher)}")
+        else:
+            print(f"teacher {teacher.about}: a black box, run on every batch (--pool N renders its outputs once)")
+            for w in teacher.warnings:
+                print(f"warning: {w}", file=sys.stderr)
     gated = hasattr(model, "branches")
     try:
         gating = branch_macs = None
@@ -772,6 +801,7 @@ def fit(args, ctx: distributed.Context, replaced: list[Path], weights: dict[str,
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     end = min(args.steps, args.stop_at or args.steps)
     feed = distributed.batches(sampler, step, end, args.batch, ctx, args.workers)
+    fields = getattr(sampler, "fields", ("ovrl",))  # what a batch's arrays after (noisy, clean) are
     bar = tqdm(total=args.steps, initial=step, disable=args.no_progress or not ctx.main, dynamic_ncols=True, desc="train")
     t0, consecutive_bad, acc, stopping = time.time(), 0, {}, False
     busy, busy_steps = 0.0, 0  # seconds and steps of training since the last row of train.csv
@@ -789,7 +819,7 @@ def fit(args, ctx: distributed.Context, replaced: list[Path], weights: dict[str,
             parts, bad = [], False
             for k, (noisy, clean, *extra) in enumerate(micro_batches(batch, args.accum)):
                 with net.no_sync() if ctx.world > 1 and k < args.accum - 1 else contextlib.nullcontext():  # gradients meet at the last micro-batch
-                    loss, terms, sisdr = objective(net, noisy, clean, step, extra[0] if extra else None)
+                    loss, terms, sisdr = objective(net, noisy, clean, step, **dict(zip(fields, extra)))
                     [bad] = distributed.any_of(ctx, not torch.isfinite(loss))
                     if bad:
                         break
