@@ -10,6 +10,11 @@ Each part is its own graph file, per format and precision:
 Features, energies, the sum of the z terms and the mask bound are computed outside the graphs in
 float, as the manifest's ``transforms`` say. The manifest's ``gating`` section is the protocol a
 runtime (``runtime.backends.GatedRunner``, or firmware in C) follows.
+
+Each part also comes as an integer-I/O TFLite file (``<part>.int8io.tflite``, precision ``int8io``)
+for microcontrollers, with its C array and its golden calls. ``gating.integer_io`` in the manifest
+says how firmware chains them: which scale and zero point every part input comes from and how it is
+requantised to the part's own.
 """
 from __future__ import annotations
 
@@ -24,10 +29,10 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from distill.models import gated_cost
-from export import build, calibration, firmware, quiet, verify
+from export import build, calibration, firmware, quiet, verify, verify_tflm
 from export.build import ExportError, Options, check_card, passed
 from export.graph import Named, prepare
-from runtime.backends import GATE_MODES, GatedRunner
+from runtime.backends import GATE_MODES, SESSIONS, GatedRunner, dequantize, quantize
 from runtime.bundle import MANIFEST, Bundle, StateSpec, seal, sha256
 
 GATE_PROTOCOL = (
@@ -141,6 +146,82 @@ class TorchSession:
         return [o.numpy() for o in out]
 
 
+INTEGER_PROTOCOL = (
+    "The int8io parts follow the same protocol with integer tensors, each with the scale and zero point of its file's io. "
+    "quantise(x) = clamp(rint(x / scale) + zero_point) to the tensor's integer range; dequantise(q) = float32(q - zero_point) * scale; "
+    "float32 arithmetic, rint rounding half to even (C: rintf). Features and energies are quantised with the trunk's and the "
+    "policy's input parameters. A state is kept in its owning part's input parameters, which its '<state>_out' carries too: "
+    "copied back as is. Every other part input (a trunk state a branch reads, an output of a part that ran earlier this frame) "
+    "is requantised from its source's parameters to the consumer's own: q = quantise(dequantise(q_source)); 'edges' lists "
+    "each with both, 'copy' where they are equal (the requantisation then returns its input). A skipped branch's "
+    "'zeroed_when_skipped' states become their zero point; its held states keep their integers. Branch k runs when "
+    "logits[k] > the zero point of logits. z = the sum of dequantise(z_trunk) and dequantise(z_branch<k>) of the branches "
+    "that ran, in float32; mask = mask_bound(z)."
+)
+
+
+def integer_edges(section: dict, files: dict) -> list[dict]:
+    """Where every input of an int8io part comes from, with the source's and the part's scale and
+    zero point (own states, which need no conversion, are left out)."""
+    io = {}
+    for e in files.values():
+        if e.get("kind") == "part" and e["precision"] == "int8io":
+            io[e["part"]] = {"inputs": {t["name"]: t for t in e["io"]["inputs"]}, "outputs": {t["name"]: t for t in e["io"]["outputs"]}}
+    owner = {s: name for name, p in section["parts"].items() for s in p["states"]}
+    produced: dict[str, str] = {}
+    edges = []
+    for name in section["order"]:
+        part = section["parts"][name]
+        for tensor in part["inputs"]:
+            dst = io[name]["inputs"][tensor]
+            edge = {"part": name, "input": tensor, "scale": dst["scale"], "zero_point": dst["zero_point"], "dtype": dst["dtype"]}
+            if tensor in ("features", "energies"):
+                edges.append({**edge, "from": f"transforms.{tensor}", "from_kind": "float, computed outside the parts", "copy": False})
+                continue
+            src_part, side = (owner[tensor], "inputs") if tensor in owner else (produced[tensor], "outputs")
+            if src_part == name:
+                continue
+            src = io[src_part][side][tensor]
+            same = (src["scale"], src["zero_point"], src["dtype"]) == (dst["scale"], dst["zero_point"], dst["dtype"])
+            kind = "state at the start of the frame" if side == "inputs" else "output this frame"
+            edges.append({**edge, "from": f"{src_part}.{tensor}", "from_kind": kind, "from_scale": src["scale"], "from_zero_point": src["zero_point"], "copy": same})
+        produced.update(dict.fromkeys(part["outputs"], name))
+    return edges
+
+
+class IntegerSession:
+    """An int8io part behind the float session interface ``GatedRunner`` calls: each input is
+    quantised with its own scale and zero point and each output dequantised with its own. Chained
+    by the protocol this is the requantisation of ``INTEGER_PROTOCOL`` (a dequantised state
+    quantises back to the same integers, a float zero to the zero point). ``calls`` collects the
+    integer inputs and outputs of every call."""
+
+    def __init__(self, session, io: dict, calls: list | None = None):
+        self.session, self.inputs, self.outputs, self.calls = session, session.inputs, session.outputs, calls
+        specs = {t["name"]: t for t in [*io["inputs"], *io["outputs"]]}
+        self.in_specs = [specs[n] for n in self.inputs]
+        self.out_specs = [specs[n] for n in self.outputs]
+
+    def run(self, values):
+        q = [quantize(np.asarray(v, np.float32), s) for v, s in zip(values, self.in_specs)]
+        res = self.session.run(q)
+        if self.calls is not None:
+            self.calls.append([np.array(v) for v in [*q, *res]])
+        return [dequantize(r, s) for r, s in zip(res, self.out_specs)]
+
+
+def integer_runner(bundle: Bundle, gates: str = "policy", calls: dict | None = None) -> GatedRunner:
+    """The gating protocol run on the bundle's int8io parts under LiteRT (``calls``: part name ->
+    list that collects the integer inputs and outputs of its calls)."""
+    g = bundle.gating
+    sessions = {}
+    for name, f in bundle.parts("tflite", "int8io").items():
+        with quiet():  # the interpreter announces its delegate
+            session = SESSIONS["litert"](f.path, g["parts"][name]["inputs"], g["parts"][name]["outputs"], 1)
+        sessions[name] = IntegerSession(session, f.io, (calls or {}).get(name))
+    return GatedRunner(g, bundle.states, bundle.manifest["transforms"]["features"]["power"], sessions, gates)
+
+
 def state_specs(model: nn.Module) -> tuple[StateSpec, ...]:
     return tuple(StateSpec(n, f"{n}_out", tuple(s.shape), 0.0) for n, s in zip(model.state_names(), model.initial_state(1)))
 
@@ -192,6 +273,7 @@ POLICY_FLOAT = (
     "and the policy is about 1 % of the MACs (ai-edge-quantizer 0.10 also mis-types its last layer)"
 )
 GRU_SCOPES = ("model.gru",)  # the second ONNX attempt keeps the GRUs of the trunk (and branches) in float
+PRECISIONS = {"onnx": ("fp32", "int8"), "tflite": ("fp32", "int8", "int8io")}  # the sets of parts per format
 
 
 def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options) -> dict:
@@ -229,9 +311,24 @@ def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options
                 ops = to_tflite.op_list(path)
             add(path.name, "part", part=name, format=fmt, precision="fp32", io=io(p), ops=ops)
 
+    def quantise_integer(name, p, attempt):
+        """The part with integer inputs and outputs for microcontrollers, the way the plain export
+        makes model.int8io.tflite: same calibration, each state's output with its input's scale."""
+        from export import to_tflite
+
+        label, bits, wide = attempt
+        dst = out / f"{name}.int8io.tflite"
+        pairs = [(s, f"{s}_out") for s in section["parts"][name]["states"]]
+        info = to_tflite.quantize(out / f"{name}.tflite", dst, samples[name], integer_io=True, state_pairs=pairs, activation_bits=bits, wide=wide)
+        details = to_tflite.io_details(dst)
+        io = {"inputs": [{"name": n, **details[n]} for n in p.inputs], "outputs": [{"name": n, **details[n]} for n in p.outputs]}
+        add(dst.name, "part", part=name, format="tflite", precision="int8io", io=io, ops=to_tflite.op_list(dst), quantization={**info, "setting": label})
+
     def quantise(fmt, attempt):
         for name, p in graphs[fmt].items():
             src, dst = out / f"{name}.{fmt}", out / f"{name}.int8.{fmt}"
+            if fmt == "tflite":  # the integer set quantises the policy too: a microcontroller runs integers only
+                quantise_integer(name, p, attempt)
             if name == "policy":
                 shutil.copyfile(src, dst)
                 add(dst.name, "part", part=name, format=fmt, precision="int8", io=io(p), ops=files[src.name]["ops"],
@@ -271,6 +368,8 @@ def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options
         return Bundle(out)
 
     def runner(bundle, fmt, precision, gates="policy"):
+        if precision == "int8io":
+            return integer_runner(bundle, gates)
         with quiet():  # interpreters announce their delegates
             return GatedRunner.open(bundle, {"onnx": "onnxruntime", "tflite": "litert"}[fmt], precision, 1, gates)
 
@@ -285,7 +384,7 @@ def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options
         log(f"parity: streaming {len(spec)} frames of {opt.parity_name} with gates on, off and from the policy")
         bundle = open_bundle()
         for fmt in opt.formats:
-            for precision in ("fp32", "int8"):
+            for precision in PRECISIONS[fmt]:
                 res = {}
                 for g in GATE_MODES:
                     r = runner(bundle, fmt, precision, g)
@@ -304,10 +403,12 @@ def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options
             if i:
                 log(f"{fmt}: over budget, re-quantising ({attempt[0]})")
                 quantise(fmt, attempt)
-            log(f"quality: {fmt} int8 parts ({attempt[0]}) on {len(opt.pairs)} pair(s)")
-            r = runner(open_bundle(), fmt, "int8")
-            verdicts = verify.judge(verify.quality(model, {f"{fmt}/int8": r}, opt.pairs, reference=ref_scores), opt.pesq_budget, opt.sisdr_budget)
-            verdicts[f"{fmt}/int8"].update(branch_usage=r.usage()["branch_usage"], setting=attempt[0])
+            bundle = open_bundle()
+            runners = {f"{fmt}/{precision}": runner(bundle, fmt, precision) for precision in PRECISIONS[fmt][1:]}
+            log(f"quality: {', '.join(runners)} parts ({attempt[0]}) on {len(opt.pairs)} pair(s)")
+            verdicts = verify.judge(verify.quality(model, runners, opt.pairs, reference=ref_scores), opt.pesq_budget, opt.sisdr_budget)
+            for name, r in runners.items():
+                verdicts[name].update(branch_usage=r.usage()["branch_usage"], setting=attempt[0])
             quality["attempts"].append({"format": fmt, "setting": attempt[0], "results": verdicts})
             if all(v["passed"] for v in verdicts.values()):
                 break
@@ -316,13 +417,17 @@ def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options
     check_parity()  # after quality, which may have re-quantised the int8 files
 
     if "tflite" in opt.formats:
-        log("firmware: C arrays of the int8 TFLite parts and golden vectors")
+        log("firmware: C arrays of the int8 and int8io TFLite parts and golden vectors")
         for name in graphs["tflite"]:
-            symbol = f"{name}_int8_tflite"
-            firmware.c_model((out / f"{name}.int8.tflite").read_bytes(), symbol, out / f"{symbol}.h", out / f"{symbol}.cc")
-            add(f"{symbol}.h", "c_header", embeds=f"{name}.int8.tflite")
-            add(f"{symbol}.cc", "c_source", embeds=f"{name}.int8.tflite", symbol=symbol, alignment=16)
-        _golden(out, spec[: opt.golden_frames], runner(open_bundle(), "tflite", "int8"), add)
+            for precision in ("int8", "int8io"):
+                symbol, embeds = f"{name}_{precision}_tflite", f"{name}.{precision}.tflite"
+                firmware.c_model((out / embeds).read_bytes(), symbol, out / f"{symbol}.h", out / f"{symbol}.cc")
+                add(f"{symbol}.h", "c_header", embeds=embeds)
+                add(f"{symbol}.cc", "c_source", embeds=embeds, symbol=symbol, alignment=16)
+        _golden(out, spec[: opt.golden_frames], runner(open_bundle(), "tflite", "int8"), files, add)
+        _golden_integer(out, spec[: opt.golden_frames], open_bundle(), files, add)
+        write_manifest(verification)  # the TFLM check reads the bundle as firmware's build would: sealed, checksums verified
+        verify_tflm.record(out, files, verification, log)
 
     verification["passed"] = passed(verification)
     (out / "README.md").write_text(model_card(manifest(model, section, checkpoint_info, files, verification)))
@@ -338,6 +443,24 @@ GOLDEN_NOTE = (
 )
 
 
+INTEGER_NOTE = (
+    "`<part>.int8io.tflite` is each part with integer inputs and outputs for microcontrollers (the policy quantised too), "
+    "`<part>_int8io_tflite.h/.cc` its C array, and `golden/<part>.int8io.npz` the integer inputs and outputs of every call "
+    "of the protocol below on the golden frames (keys: tensor names, and `frames`, the frames the part ran on); "
+    "`golden/gates_int8io.npy` and `golden/masks_int8io_parts.npy` are that run's gates and masks."
+)
+
+
+def _edge_rows(edges: list[dict]) -> list[str]:
+    """The integer set's part inputs that come from elsewhere, as a markdown table."""
+    rows = ["| part | input | from | scale, zero point | source's | conversion |", "|---|---|---|---|---|---|"]
+    for e in edges:
+        src = f"{e['from_scale']:.9g}, {e['from_zero_point']}" if "from_scale" in e else "float"
+        how = "copy" if e["copy"] else ("quantise" if "from_scale" not in e else "requantise")
+        rows.append(f"| {e['part']} | `{e['input']}` | `{e['from']}` ({e['from_kind']}) | {e['scale']:.9g}, {e['zero_point']} | {src} | {how} |")
+    return rows
+
+
 class Recorder:
     """A part session that keeps the inputs and outputs of every call."""
 
@@ -350,13 +473,9 @@ class Recorder:
         return res
 
 
-def _golden(out: Path, frames: np.ndarray, runner: GatedRunner, add) -> None:
-    """Golden vectors of the int8 TFLite parts run by the protocol with the policy's gates: the
-    frames, the gates and the masks, as .npy and C arrays; and per part, the inputs and outputs of
-    every call with the frames it ran on (``<part>.npz``, keys: tensor names and ``frames``)."""
-    calls = {name: [] for name in runner.parts}
-    for name, (session, updates) in list(runner.parts.items()):
-        runner.parts[name] = (Recorder(session, calls[name]), updates)
+def _replay(runner: GatedRunner, frames: np.ndarray, calls: dict[str, list]) -> tuple[np.ndarray, dict[str, list[int]]]:
+    """Masks [N, F, 2] of ``frames`` run by the protocol, and per part the frames it ran on (its
+    sessions append each call to ``calls[part]``)."""
     ran = {name: [] for name in calls}
     states, masks = runner.initial_state(), []
     for t, frame in enumerate(frames):
@@ -366,16 +485,35 @@ def _golden(out: Path, frames: np.ndarray, runner: GatedRunner, add) -> None:
         for name, c in calls.items():
             if len(c) > before[name]:
                 ran[name].append(t)
+    return np.stack(masks), ran
+
+
+def _save_calls(out: Path, stem: str, io: dict, calls: list, frames: list[int]) -> Path:
+    """One part's calls as ``golden/<stem>.npz``: each tensor of its ``io`` [calls, *shape] in its
+    type, and ``frames`` [calls]."""
+    tensors = [*io["inputs"], *io["outputs"]]
+    arrays = {t["name"]: np.array([call[i] for call in calls], t["dtype"]).reshape(len(calls), *t["shape"]) for i, t in enumerate(tensors)}
+    path = out / "golden" / f"{stem}.npz"
+    np.savez(path, frames=np.array(frames, np.int32), **arrays)
+    return path
+
+
+def _golden(out: Path, frames: np.ndarray, runner: GatedRunner, files: dict, add) -> None:
+    """Golden vectors of the int8 TFLite parts run by the protocol with the policy's gates: the
+    frames, the gates and the masks, as .npy and C arrays; and per part, the inputs and outputs of
+    every call with the frames it ran on (``<part>.npz``, keys: tensor names and ``frames``)."""
+    calls = {name: [] for name in runner.parts}
+    for name, (session, updates) in list(runner.parts.items()):
+        runner.parts[name] = (Recorder(session, calls[name]), updates)
+    masks, ran = _replay(runner, frames, calls)
     (out / "golden").mkdir()
     gates = np.array([[t in ran[b] for b in runner.branches] for t in range(len(frames))], np.uint8)  # [N, K]
-    arrays = {"frames_fp32": frames.astype(np.float32), "gates": gates, "masks_int8_parts": np.stack(masks)}
+    arrays = {"frames_fp32": frames.astype(np.float32), "gates": gates, "masks_int8_parts": masks}
     for name, a in arrays.items():
         np.save(out / "golden" / f"{name}.npy", a)
         add(f"golden/{name}.npy", "golden", shape=list(a.shape), dtype=a.dtype.name)
     for name, c in calls.items():
-        session = runner.parts[name][0]
-        tensors = {n: np.array([call[i] for call in c], np.float32) for i, n in enumerate([*session.inputs, *session.outputs])}  # [calls, ...]
-        np.savez(out / "golden" / f"{name}.npz", frames=np.array(ran[name], np.int32), **tensors)
+        _save_calls(out, name, files[f"{name}.int8.tflite"]["io"], c, ran[name])
         add(f"golden/{name}.npz", "golden", part=name, calls=len(c))
     firmware.c_arrays(
         {"golden_frames": arrays["frames_fp32"], "golden_gates": gates, "golden_masks": arrays["masks_int8_parts"]},
@@ -388,9 +526,28 @@ def _golden(out: Path, frames: np.ndarray, runner: GatedRunner, add) -> None:
     add("golden/golden_gated.cc", "golden_c")
 
 
+def _golden_integer(out: Path, frames: np.ndarray, bundle: Bundle, files: dict, add) -> None:
+    """Golden vectors of the int8io parts chained by ``INTEGER_PROTOCOL`` with the policy's gates on
+    the golden frames: per part the integer inputs and outputs of every call and the frames it ran
+    on (``<part>.int8io.npz``, named in the part's manifest entry), and the chain's gates and masks."""
+    calls = {name: [] for name in bundle.gating["order"]}
+    runner = integer_runner(bundle, "policy", calls)
+    masks, ran = _replay(runner, frames, calls)
+    gates = np.array([[t in ran[b] for b in runner.branches] for t in range(len(frames))], np.uint8)  # [N, K]
+    for name, a in {"gates_int8io": gates, "masks_int8io_parts": masks}.items():
+        np.save(out / "golden" / f"{name}.npy", a)
+        add(f"golden/{name}.npy", "golden", shape=list(a.shape), dtype=a.dtype.name)
+    for name, c in calls.items():
+        path = _save_calls(out, f"{name}.int8io", files[f"{name}.int8io.tflite"]["io"], c, ran[name])
+        file = path.relative_to(out).as_posix()
+        add(file, "golden", part=name, precision="int8io", calls=len(c))
+        files[f"{name}.int8io.tflite"]["golden"] = {"format": "npz", "file": file}
+
+
 def manifest(model: nn.Module, section: dict, checkpoint_info: dict, files: dict, verification: dict) -> dict:
     """A plain bundle's manifest (``export.build.manifest``) with the gating protocol, the
-    transforms the parts leave outside and each state's owning part."""
+    transforms the parts leave outside, each state's owning part and, with int8io parts, how
+    their integers are chained (``gating.integer_io``)."""
     m = build.manifest(model, checkpoint_info, files, verification)
     transforms = m["transforms"]
     for key in ("features", "mask_bound"):
@@ -405,6 +562,8 @@ def manifest(model: nn.Module, section: dict, checkpoint_info: dict, files: dict
     owner = {s: name for name, p in section["parts"].items() for s in p["states"]}
     m["states"] = [{**s, "part": owner[s["name"]]} for s in m["states"]]
     m["gating"] = section
+    if any(e.get("kind") == "part" and e["precision"] == "int8io" for e in files.values()):
+        m["gating"] = {**section, "integer_io": {"precision": "int8io", "protocol": INTEGER_PROTOCOL, "edges": integer_edges(section, files)}}
     m["call_protocol"] = GATE_PROTOCOL
     return m
 
@@ -437,6 +596,8 @@ def model_card(m: dict) -> str:
         f"- energies: {m['transforms']['energies']['formula']}",
         f"- mask bound: {m['transforms']['mask_bound']['formula']}",
         "",
+        *(["### Integer set (int8io)", "", INTEGER_NOTE, "", g["integer_io"]["protocol"], "", *_edge_rows(g["integer_io"]["edges"]), ""]
+          if "integer_io" in g else []),
         "## Verification (run by this export)",
         "",
         check_card(ver["model"]),
@@ -459,5 +620,6 @@ def model_card(m: dict) -> str:
               f"SI-SDR drop <= {q['budget']['si_sdr_drop']} dB, same polarity as fp32):", ""]  # fmt: skip
     lines += [f"- {n}: PESQ {r['pesq']:.3f} ({r['pesq_drop']:+.3f}), SI-SDR {r['si_sdr']:.2f} dB ({r['si_sdr_drop']:+.2f}), "
               f"correlation {r['correlation']:+.3f}, passed {r['passed']}" for n, r in q["results"].items()]  # fmt: skip
+    lines += ["", *build.tflm_card(m["files"], ver.get("tflm"))]
     lines += ["", "## Training", "", f"Checkpoint `{ck.get('file')}` (sha256 `{ck.get('sha256', '')[:16]}...`, step {ck.get('step')}). " + ck.get("note", ""), ""]
     return "\n".join(lines)

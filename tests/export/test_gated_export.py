@@ -9,11 +9,13 @@ import pytest
 import runtime.stream as stream
 from distill import checkpoint
 from distill.models import cost, gated_cost
+from export import firmware
+from export.build import Options
 from export.calibration import frames
-from export.gated import reference
+from export.gated import integer_runner, reference
 from export.verify import stream as stream_masks
 from runtime import report
-from runtime.backends import SESSIONS, GatedRunner, open_runner
+from runtime.backends import SESSIONS, GatedRunner, bounded_mask, compressed_features, open_runner
 from runtime.bundle import Bundle, BundleError, seal
 from runtime.engine import Engine
 from tests.conftest import level_jumps
@@ -29,7 +31,7 @@ def test_manifest_describes_every_part_and_state(gated_bundle, model):
     g = m["gating"]
     assert g["order"] == ["trunk", "policy", "branch0"]
     sets = {(f["format"], f["precision"]) for f in m["files"].values() if f["kind"] == "part"}
-    assert sets == {("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "int8")}
+    assert sets == {("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "int8"), ("tflite", "int8io")}
     owners = [s["part"] for s in m["states"]]
     assert [s["name"] for s in m["states"]] == list(model.state_names()) and set(owners) == set(g["order"])
     for name, part in g["parts"].items():  # every input is computed outside, a state, or produced earlier this frame
@@ -92,7 +94,7 @@ def test_gated_runner_refuses_pytorch_and_unknown_modes(gated_bundle):
         open_runner(bundle, "pytorch", "fp32")
     with pytest.raises(BundleError, match="unknown gate mode"):
         GatedRunner.open(bundle, "onnxruntime", "fp32", gates="half")
-    with pytest.raises(BundleError, match=r"no onnx parts at precision int8io \(this gated bundle has onnx/fp32, onnx/int8, tflite/fp32, tflite/int8\)"):
+    with pytest.raises(BundleError, match=r"no onnx parts at precision int8io \(this gated bundle has onnx/fp32, onnx/int8, tflite/fp32, tflite/int8, tflite/int8io\)"):
         open_runner(bundle, "onnxruntime", "int8io")
 
 
@@ -192,3 +194,152 @@ def test_golden_vectors_replay_on_the_int8_parts(gated_bundle):
     assert np.array_equal(stream_masks(runner, g["frames_fp32"]), g["masks_int8_parts"])
     header = (gated_bundle / "golden" / "golden_gated.h").read_text()
     assert f"golden_gates[{g['gates'].size}]" in header
+
+
+def _requantise(q: np.ndarray, scale: float, zero: int, to_scale: float, to_zero: int) -> np.ndarray:
+    """The manifest's requantisation, written out: float32 throughout, rint half to even."""
+    v = (q.astype(np.float32) - np.float32(zero)) * np.float32(scale)
+    return np.clip(np.rint(v / np.float32(to_scale)) + to_zero, -128, 127).astype(q.dtype)
+
+
+def _golden_int8io(bundle: Bundle) -> dict[str, dict[str, np.ndarray]]:
+    out = {}
+    for name in bundle.gating["order"]:
+        with np.load(bundle.root / bundle.files[f"{name}.int8io.tflite"]["golden"]["file"]) as f:
+            out[name] = {k: f[k] for k in f.files}
+    return out
+
+
+def test_integer_set_has_every_part_with_c_array_and_golden_calls(gated_bundle):
+    bundle = Bundle(gated_bundle)  # checks every listed file's sha256
+    for name, part in bundle.gating["parts"].items():
+        entry = bundle.files[f"{name}.int8io.tflite"]
+        tensors = {t["name"]: t for t in [*entry["io"]["inputs"], *entry["io"]["outputs"]]}
+        assert all(t["dtype"] == "int8" and t["scale"] > 0 and isinstance(t["zero_point"], int) for t in tensors.values()), name
+        for st in part["states"]:  # fed back as they are
+            assert (tensors[st]["scale"], tensors[st]["zero_point"]) == (tensors[f"{st}_out"]["scale"], tensors[f"{st}_out"]["zero_point"])
+        assert entry["quantization"]["io"] == "integer" and not any(op.startswith("DEQUANTIZE") for op in entry["ops"])
+        source = gated_bundle / f"{name}_int8io_tflite.cc"
+        assert bundle.files[source.name]["embeds"] == f"{name}.int8io.tflite" and f"{name}_int8io_tflite.h" in bundle.files
+        assert firmware.parse_c_bytes(source, f"{name}_int8io_tflite") == (gated_bundle / f"{name}.int8io.tflite").read_bytes()
+        assert entry["golden"] == {"format": "npz", "file": f"golden/{name}.int8io.npz"} and entry["golden"]["file"] in bundle.files
+        calls = _golden_int8io(bundle)[name]
+        assert set(calls) == {"frames", *tensors}
+        for n, t in tensors.items():
+            assert calls[n].dtype == np.int8 and list(calls[n].shape) == [len(calls["frames"]), *t["shape"]], (name, n)
+
+
+def test_integer_golden_calls_replay_bit_exactly(gated_bundle):
+    """Every recorded call of every int8io part gives its recorded outputs under LiteRT, and the
+    chain run again on the golden frames gives the recorded gates and masks."""
+    bundle = Bundle(gated_bundle)
+    golden = _golden_int8io(bundle)
+    for name, part in bundle.gating["parts"].items():
+        session = SESSIONS["litert"](gated_bundle / f"{name}.int8io.tflite", part["inputs"], part["outputs"], 1)
+        rec = golden[name]
+        for i in range(len(rec["frames"])):
+            for n, o in zip(part["outputs"], session.run([rec[n][i] for n in part["inputs"]])):
+                assert np.array_equal(o, rec[n][i]), (name, n, i)
+    frames_fp32 = np.load(gated_bundle / "golden" / "frames_fp32.npy")
+    gates = np.load(gated_bundle / "golden" / "gates_int8io.npy")
+    assert 0 < gates.mean() < 1, "the golden frames should show the branch both open and closed"
+    assert golden["branch0"]["frames"].tolist() == np.flatnonzero(gates[:, 0]).tolist()
+    assert np.array_equal(stream_masks(integer_runner(bundle), frames_fp32), np.load(gated_bundle / "golden" / "masks_int8io_parts.npy"))
+
+
+def test_integer_chain_follows_the_requantisation_convention(gated_bundle):
+    """Frame by frame, the golden calls are what the manifest's integer protocol says a firmware
+    loop computes: quantised features, every cross-part input requantised from its source, a
+    skipped branch's zeroed states at their zero point and its held state kept, gates from the
+    integer logits, and the mask from the dequantised z terms."""
+    bundle = Bundle(gated_bundle)
+    g, golden = bundle.gating, _golden_int8io(bundle)
+    io = {n: {t["name"]: t for t in [*bundle.files[f"{n}.int8io.tflite"]["io"]["inputs"], *bundle.files[f"{n}.int8io.tflite"]["io"]["outputs"]]}
+          for n in g["order"]}  # fmt: skip
+    row = {n: {int(t): i for i, t in enumerate(golden[n]["frames"])} for n in g["order"]}
+    frames_fp32 = np.load(gated_bundle / "golden" / "frames_fp32.npy")
+    T = len(frames_fp32)
+    assert golden["trunk"]["frames"].tolist() == golden["policy"]["frames"].tolist() == list(range(T))
+
+    f = io["trunk"]["features"]
+    features = np.stack([compressed_features(x, bundle.manifest["transforms"]["features"]["power"])[:, None, :][None] for x in frames_fp32])
+    assert np.array_equal(golden["trunk"]["features"], np.clip(np.rint(features / np.float32(f["scale"])) + f["zero_point"], -128, 127).astype(np.int8))
+
+    edges = [e for e in g["integer_io"]["edges"] if "from_scale" in e]
+    assert {(e["part"], e["input"]) for e in edges} >= {("policy", "gru_h_out"), ("branch0", "enc1_prev"), ("branch0", "enc1_prev_out")}
+    assert any(not e["copy"] for e in edges), "the test bundle should need requantisation somewhere"
+    for e in edges:
+        src, tensor = e["from"].split(".")
+        assert e["input"] == tensor and (e["from_scale"], e["from_zero_point"]) == (io[src][tensor]["scale"], io[src][tensor]["zero_point"])
+        consumer = golden[e["part"]]
+        rows = [row[src][int(t)] for t in consumer["frames"]]
+        expected = _requantise(golden[src][tensor][rows], e["from_scale"], e["from_zero_point"], e["scale"], e["zero_point"])
+        assert np.array_equal(consumer[e["input"]], expected), (e["part"], e["input"])
+
+    branch, spec = golden["branch0"], g["parts"]["branch0"]
+    skipped = 0
+    for i, t in enumerate(branch["frames"].tolist()):
+        ran_before = t > 0 and (t - 1) in row["branch0"]
+        for st in spec["states"]:
+            fed = branch[st][i]
+            if ran_before:
+                assert np.array_equal(fed, branch[f"{st}_out"][i - 1]), (t, st)
+            elif st in spec["zeroed_when_skipped"]:
+                assert (fed == io["branch0"][st]["zero_point"]).all(), (t, st)
+        if not ran_before and t > 0:
+            skipped += 1
+            held = spec["held_when_skipped"][0]
+            assert np.array_equal(branch[held][i], branch[f"{held}_out"][i - 1] if i else np.full_like(branch[held][i], io["branch0"][held]["zero_point"]))
+    assert skipped > 0, "the golden frames should resume the branch after a skip"
+
+    logits, lq = golden["policy"]["logits"], io["policy"]["logits"]
+    gates = np.load(gated_bundle / "golden" / "gates_int8io.npy")
+    assert np.array_equal(gates[:, 0].astype(bool), logits[:, 0, 0] > lq["zero_point"])
+
+    def deq(q, t):
+        return (q.astype(np.float32) - np.float32(t["zero_point"])) * np.float32(t["scale"])
+
+    z = deq(golden["trunk"]["z_trunk"], io["trunk"]["z_trunk"])  # [T, 1, 2, 1, F]
+    z[branch["frames"]] += deq(branch["z_branch0"], io["branch0"]["z_branch0"])
+    masks = np.stack([bounded_mask(zt[0, :, 0, :]) for zt in z])
+    assert np.array_equal(masks, np.load(gated_bundle / "golden" / "masks_int8io_parts.npy"))
+
+
+def test_integer_chain_quality_is_judged_and_within_budget(gated_bundle):
+    """The export judged the integer chain like the int8 one, parity and quality (the test's model
+    is untrained, so its budget was loosened: the chain meets the default budget anyway), with
+    fp32's polarity."""
+    ver = json.loads((gated_bundle / "manifest.json").read_text())["verification"]
+    q = ver["quality"]["results"]["tflite/int8io"]
+    budget = Options()
+    assert q["passed"] and q["pesq_drop"] <= budget.pesq_budget and q["si_sdr_drop"] <= budget.sisdr_budget
+    assert q["correlation"] > 0 and ver["quality"]["reference"]["correlation"] > 0
+    assert any(a["setting"] == q["setting"] and "tflite/int8io" in a["results"] for a in ver["quality"]["attempts"])
+    parity = ver["parity"]["tflite/int8io"]
+    assert set(parity["gates"]) == {"on", "off", "policy"} and parity["gates"]["on"]["mask_snr_db"] > 20
+
+
+def test_tflm_replays_every_integer_part(gated_bundle):
+    m = json.loads((gated_bundle / "manifest.json").read_text())
+    tflm = m["verification"]["tflm"]
+    if "skipped" in tflm:
+        pytest.skip(tflm["skipped"])
+    names = {f"{n}.int8io.tflite" for n in m["gating"]["order"]}
+    assert set(tflm["files"]) == names and tflm["passed"]
+    for name in names:
+        assert tflm["files"][name]["frames"] == m["files"][f"golden/{name.replace('.tflite', '.npz')}"]["calls"]
+        assert m["files"][name]["tflm"]["arena"]["minimum_bytes"] > 0
+
+
+def test_a_corrupted_golden_npz_is_refused_in_one_line(gated_bundle, tmp_path, capsys):
+    import soundfile as sf
+
+    copy = tmp_path / "b"
+    shutil.copytree(gated_bundle, copy)
+    golden = copy / "golden" / "branch0.int8io.npz"
+    golden.write_bytes(golden.read_bytes()[:-100])
+    sf.write(tmp_path / "in.wav", level_jumps(np.random.default_rng(4), 4000), 16000)
+    code = stream.main(["--model", str(copy), "--input", str(tmp_path / "in.wav"), "--output", str(tmp_path / "out.wav")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error:") and "golden/branch0.int8io.npz does not match its sha256" in err[0], err
+    assert not (tmp_path / "out.wav").exists()
