@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from distill import __version__
 from distill.models import config_to_dict, cost
-from export import calibration, firmware, quiet, verify, verify_tflm
+from export import c_reference, calibration, firmware, quiet, verify, verify_tflm
 from export.graph import Core, Named, Step, io_names, prepare
 from runtime.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, Bundle, seal, sha256
 from runtime.backends import open_runner
@@ -272,7 +272,9 @@ def build(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options) -> d
 
     if "tflite" in opt.formats:
         log("firmware: C array and golden vectors")
-        _firmware(model, out, files, reference, opt.golden_frames, runners(["model.int8io.tflite"])["model.int8io.tflite"], add)
+        int8io = runners(["model.int8io.tflite"])["model.int8io.tflite"]
+        _firmware(model, out, files, reference, opt.golden_frames, int8io, add)
+        c_reference.write(out, int8io, opt.parity_audio, add)
         core_fp32.unlink(missing_ok=True)
         write_manifest(verification)  # the TFLM check reads the bundle as firmware's build would: sealed, checksums verified
         verify_tflm.record(out, files, verification, log)
@@ -452,7 +454,9 @@ def model_card(m: dict) -> str:
         elif f["kind"] in ("c_header", "c_source"):
             lines.append(f"| `{name}` | `{name.rsplit('.', 1)[0]}` as a C array (16-byte aligned) | | | {f.get('bytes', '')} |")
     lines += [
-        "| `golden/` | int8 inputs, states and outputs of the integer model, fp32 frames and masks (.npy and C) | | | |",
+        "| `golden/` | int8 inputs, states and outputs of the integer model, fp32 frames and masks (.npy and C), the audio they come from and the engine's output | | | |",
+        *(["| `firmware/` | the streaming loop in plain C99 around the integer model (`denoise.h`), and `denoise_replay`, which checks it against `golden/` | | | |"]
+          if any(f["kind"] == "c_reference" for f in m["files"].values()) else []),
         "",
         "## Signal contract",
         "",
