@@ -335,4 +335,4 @@ def _open_peer(spec: Spec, threads: int) -> Teacher:
         y = run_native(streamer, soxr.resample(x, RATE, streamer.rate, "HQ").astype(np.float32))[0]
         return fit(soxr.resample(y, streamer.rate, RATE, "HQ").astype(np.float32), len(x))
 
-    return BlackBox(spec.text, system.about, run, round(1000 * streamer.delay / streamer.rate, 3))
+    return BlackBox(spec.text, f"{system.name} ({system.about})", run, round(1000 * streamer.delay / streamer.rate, 3))

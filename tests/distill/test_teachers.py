@@ -10,6 +10,7 @@ from distill.dsp import stft
 from distill.losses import si_sdr
 from distill.models import build
 from distill.teachers import BlackBox, TeacherError, lag, probe, resolve
+from runtime.models import DEFAULT
 
 TINY = json.dumps({"channels": [4, 4, 8], "rnn_groups": 2, "rnn_layers": 1})
 
@@ -94,13 +95,13 @@ def test_bundle_and_checkpoint_teachers_give_the_same_spectra(small_bundle, smal
     assert si_sdr(torch.from_numpy(a), torch.from_numpy(b)).min().item() > 40  # the bundle is that checkpoint, exported
 
 
-def test_a_black_box_teacher_on_every_batch_equals_its_outputs_given_with_the_batch(small_bundle):
+def test_a_black_box_teacher_on_every_batch_equals_its_outputs_given_with_the_batch():
     from distill.kd import KDConfig
 
     torch.manual_seed(0)
     model = build("crn", **json.loads(TINY))
     noisy, clean = (torch.from_numpy(a) for a in _batch())
-    box = resolve(str(small_bundle)).open()
+    box = resolve(str(DEFAULT)).open()
     live = train.Objective({"spec": 1.0}, KDConfig(method="dispatch"), box, total_steps=10)
     given = train.Objective({"spec": 1.0}, KDConfig(method="dispatch"), None, total_steps=10)
     taught = torch.from_numpy(box.enhance(noisy.numpy()))
@@ -152,8 +153,8 @@ def _one_error_line(capsys, *words):
 
 
 @pytest.mark.parametrize("method", ["gram", "two-step"])
-def test_gram_kd_with_a_black_box_teacher_is_one_error_line(tmp_path, capsys, small_bundle, method):
-    assert _code(train.main, _train(tmp_path, "--teacher", str(small_bundle), "--kd", method)) == 2
+def test_gram_kd_with_a_black_box_teacher_is_one_error_line(tmp_path, capsys, method):
+    assert _code(train.main, _train(tmp_path, "--teacher", str(DEFAULT), "--kd", method)) == 2
     _one_error_line(capsys, "black box", "--kd output")
     assert not (tmp_path / "run").exists()
 
