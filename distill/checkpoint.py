@@ -102,7 +102,7 @@ def strip(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     dst = Path(dst)
     if dst.is_dir() or not dst.parent.is_dir():
         raise CheckpointError(f"{dst}: " + ("is a folder; give a file name" if dst.is_dir() else f"folder {dst.parent} does not exist"))
-    keep = {k: payload[k] for k in ("model", "state_dict", "versions", "train_args", "step", "cost", "best_val_sisdr", "repairs") if k in payload}
+    keep = {k: payload[k] for k in ("model", "state_dict", "versions", "train_args", "step", "cost", "best_val_sisdr", "repairs", "student", "meco") if k in payload}
     _write({"format": FORMAT, "format_version": FORMAT_VERSION, **keep}, dst)
     return keep
 

@@ -188,6 +188,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("give exactly one data source: --clean DIR --noise DIR, --paired NOISY CLEAN, or --synthetic")
     if bool(args.clean) != bool(args.noise):
         p.error("--clean and --noise go together")
+    own = {"corrector": "python -m distill.meco train", "score_unet": "python -m distill.rosecd"}  # not mask estimators: trained by their own loops
+    registry = PRESETS[args.model][0] if args.model in PRESETS else args.model
+    if registry in own:
+        p.error(f"--model {args.model} is trained with {own[registry]}, not distill.train")
     if (args.kd != "none") != bool(args.teacher):
         p.error("--kd METHOD and --teacher CKPT go together")
     if args.pool and args.mgt:

@@ -239,6 +239,8 @@ def test_a_corrector_checkpoint_enhances_and_evaluates(small_checkpoint, small_d
     assert "SI-SDR" in capsys.readouterr().out and out.is_file()
     assert evaluate.main(["--data", str(small_devset), "--checkpoint", str(ck), "--no-dnsmos"]) == 0
     assert "| last |" in capsys.readouterr().out
+    checkpoint.strip(ck, tmp_path / "ship.pt")
+    assert isinstance(meco.load_enhancer(tmp_path / "ship.pt"), meco.Chain), "a stripped corrector keeps its student"
 
 
 def _error_line(capsys):

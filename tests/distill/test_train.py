@@ -308,3 +308,11 @@ def test_default_recipe_fine_tunes_with_a_sign_aware_loss():
 
     losses = [w.split()[0] for w in (ROOT / "recipes" / "default.sh").read_text().split("--loss")[1:]]
     assert losses and not any(sign_blind(train.parse_weights(loss)) for loss in losses)
+
+
+@pytest.mark.parametrize("model,command", [("corrector", "distill.meco"), ("score_unet", "distill.rosecd")])
+def test_models_with_a_training_loop_of_their_own_are_refused(tmp_path, capsys, model, command):
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(["--synthetic", "--model", model, "--out", str(tmp_path / "run")])
+    assert e.value.code == 2 and command in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
