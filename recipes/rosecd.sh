@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# ROSE-CD on this project's data: a score-based (diffusion) teacher, its one-step students, and all
+# of them scored side by side on the dev sets. Usage:
+#   bash recipes/rosecd.sh DATA_DIR [RUNS_DIR]
+# DATA_DIR holds clean/ and noise/ (e.g. ../shared/data). Every stage resumes where it stopped, so
+# the recipe can be interrupted (Ctrl-C) and started again with the same command.
+#
+#   1. teacher: denoising score matching of the U-Net (distill/models/score_unet.py) on the OUVE SDE;
+#   2. three one-step models, each from the teacher's weights: ROSE-CD (the teacher's randomized
+#      Heun step), plain CD (its deterministic step) and CT (no teacher at all);
+#   3. evaluation on data/devset and data/dev-ood: the teacher with 30 and 10 predictor-corrector
+#      steps (60 and 20 network evaluations) and with one evaluation, against the three students.
+#
+# Lengths (environment): TEACHER_STEPS (default 60000), STUDENT_STEPS (10000), LIMIT (files of each
+# set at evaluation; empty: all). Measured on a 2-core CPU beside two other trainings (batches of
+# 8 x 2 s): the default U-Net at 3-4.5 s per teacher step, the (8, 16, 32) one of docs/rosecd.md at
+# 0.8-2 s per teacher step and 1.5-2.2 s per student step; the defaults are days there. Smaller
+# numbers give a first look (docs/rosecd.md: 500 + 200 steps).
+set -euo pipefail
+DATA=${1:?usage: bash recipes/rosecd.sh DATA_DIR [RUNS_DIR]}
+RUNS=${2:-runs}
+PY=${PY:-.venv/bin/python}
+TEACHER_STEPS=${TEACHER_STEPS:-60000}
+STUDENT_STEPS=${STUDENT_STEPS:-10000}
+LIMIT=${LIMIT:-}
+COMMON=(--clean "$DATA/clean" --noise "$DATA/noise" --val-dir data/devset --val-files 8 --threads 1 --resume)
+
+[ -f data/devset/meta.csv ] || $PY -m distill.devset render --clean "$DATA/clean" --noise "$DATA/noise" --out data/devset
+[ -f data/dev-ood/meta.csv ] || $PY -m distill.devset render-ood --clean "$DATA/clean" --noise "$DATA/noise" --rir "$DATA/rir" --out data/dev-ood
+
+$PY -m distill.rosecd teacher "${COMMON[@]}" --steps "$TEACHER_STEPS" --lr 2e-4 --val-every 2000 --out "$RUNS/score_teacher"
+TEACHER="$RUNS/score_teacher/last.pt"  # the EMA weights at the end; best.pt is chosen on 8 files only
+
+# PESQ term: torch-pesq where it imports (see docs/rosecd.md); --pesq-weight 0 keeps the three runs alike where it does not.
+PESQ=(--pesq-weight 0)
+$PY -c "import torch_pesq" 2>/dev/null && PESQ=(--pesq-weight 5e-4)
+STUDENT=(--steps "$STUDENT_STEPS" --val-every 1000 "${PESQ[@]}" "${COMMON[@]}")
+$PY -m distill.rosecd distill --teacher "$TEACHER" "${STUDENT[@]}" --out "$RUNS/rosecd"
+$PY -m distill.rosecd distill --teacher "$TEACHER" --deterministic "${STUDENT[@]}" --out "$RUNS/rosecd_cd"
+$PY -m distill.rosecd ct --init "$TEACHER" "${STUDENT[@]}" --out "$RUNS/rosecd_ct"
+
+$PY -m distill.rosecd evaluate --set dev=data/devset --set dev-ood=data/dev-ood ${LIMIT:+--limit "$LIMIT"} --threads 1 \
+    --system "teacher-30=$TEACHER@30" --system "teacher-10=$TEACHER@10" --system "teacher-1=$TEACHER@one-step" \
+    --system "rosecd=$RUNS/rosecd/last.pt" --system "cd=$RUNS/rosecd_cd/last.pt" --system "ct=$RUNS/rosecd_ct/last.pt" \
+    --json "$RUNS/rosecd_results.json"
