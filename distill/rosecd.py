@@ -45,8 +45,8 @@ from distill.distributed import step_seed
 from distill.losses import correlation, si_sdr, si_sdr_loss
 from distill.models import build, config_from_dict, cost
 from distill.models.score_unet import ScoreUNet
-from distill.train import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, CsvLog, Failure, Scores, _Help, _Parser, check_out, excluded, \
-    model_overrides, number, validation_set  # fmt: skip
+from distill.train import (COUNT, FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, CsvLog, Failure, Scores, _Help, _Parser, check_out, excluded,
+                           model_overrides, number, validation_set)  # fmt: skip
 from runtime.audio import AudioError
 
 PAPER_PESQ_WEIGHT = 5e-4  # ROSE-CD's weight of the PESQ term
@@ -142,7 +142,8 @@ def make_sampler(args):
         return PairedSampler(*args.paired, cfg, args.seed)
     exclude = excluded(args)
     augment = NONE if args.no_augment else AugmentConfig(reverb=0.0)
-    return MixtureSampler(AudioFolder(args.clean, cfg.min_seconds, exclude), AudioFolder(args.noise, cfg.min_seconds, exclude), cfg, args.seed, augment)
+    clean, noise = (AudioFolder(d, cfg.min_seconds, exclude) for d in (args.clean, args.noise))
+    return MixtureSampler(clean, noise, cfg, args.seed, augment)
 
 
 def pesq_term(weight: float | None):
@@ -166,7 +167,8 @@ def load_score_model(path: str, flag: str) -> ScoreUNet:
     except checkpoint.CheckpointError as e:
         raise Failure(f"{flag}: {e}") from None
     if not isinstance(model, ScoreUNet):
-        raise Failure(f"{flag} {path}: a {checkpoint.read(path)['model']['name']} model, not a score model (train one with python -m distill.rosecd teacher)")
+        name = checkpoint.read(path)["model"]["name"]
+        raise Failure(f"{flag} {path}: a {name} model, not a score model (train one with python -m distill.rosecd teacher)")
     return model
 
 
@@ -357,7 +359,8 @@ def fit(args) -> int:
             bar.update(1)
             if step % args.log_every == 0:
                 row = {k: float(np.mean(v)) for k, v in acc.items()}
-                row.update(step=step, time=round(time.time() - t0, 1), lr=optimizer.param_groups[0]["lr"], steps_per_s=round(busy_steps / busy, 4))
+                row.update(step=step, time=round(time.time() - t0, 1), lr=optimizer.param_groups[0]["lr"],
+                           steps_per_s=round(busy_steps / busy, 4))
                 acc, busy, busy_steps = {}, 0.0, 0
                 train_log.write(row)
                 for k, v in row.items():
@@ -366,7 +369,8 @@ def fit(args) -> int:
                 bar.set_postfix(loss=f"{row['loss']:.4g}")
             if step % args.val_every == 0 or step == args.steps:
                 v = validate(target.module.eval(), val, getattr(args, "val_steps", None))
-                val_log.write({"step": step, "time": round(time.time() - t0, 1), "val_sisdr": v.sisdr, "val_sisdri": v.sisdri, "val_polarity": v.polarity})
+                val_log.write({"step": step, "time": round(time.time() - t0, 1), "val_sisdr": v.sisdr, "val_sisdri": v.sisdri,
+                               "val_polarity": v.polarity})
                 for k in ("sisdr", "sisdri", "polarity"):
                     tb.add_scalar(f"val/{k}", getattr(v, k), step)
                 tqdm.write(f"step {step}: validation SI-SDR {v.sisdr:.2f} dB ({v.sisdri:+.2f} dB over noisy), polarity {v.polarity:+.2f}")

@@ -165,9 +165,10 @@ def pc_sample(denoiser: Denoiser, y: torch.Tensor, sde: OUVE, steps: int = 30, s
 
     Shape: y [B, T, F, 2] -> [B, T, F, 2]
     """
+    if steps < 1:
+        raise ValueError(f"the sampler needs at least one step, got {steps}")
     ts = sde.times(steps, y.device)
     x = sde.prior(y, complex_noise(y, generator))
-    mean = x
     for i in range(steps):
         t = ts[i].expand(y.shape[0])  # [B]
         h = float(ts[i] - ts[i + 1]) if i + 1 < steps else float(ts[i])

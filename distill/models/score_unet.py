@@ -57,7 +57,7 @@ class ScoreUNetConfig:
             raise ValueError(f"sampler must be one of {', '.join(sdes.SAMPLERS)}, got {self.sampler!r}")
         if self.steps < 1 or self.corrector_steps < 0 or self.snr <= 0:
             raise ValueError("steps >= 1, corrector_steps >= 0 and snr > 0 are needed")
-        self.sde  # validates the SDE parameters
+        _ = self.sde  # OUVE checks its own parameters
 
     @property
     def sde(self) -> sdes.OUVE:
