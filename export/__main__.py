@@ -99,6 +99,8 @@ def main(argv=None) -> int:
         _writable_parent(args.out, args.force)
         model = checkpoint.load_model(args.checkpoint)
         payload = checkpoint.read(args.checkpoint)
+        if payload["model"]["name"] not in ("crn", "gated_crn"):  # a corrector or score model: no single-stage mask graph
+            raise ExportError(f"{args.checkpoint}: a {payload['model']['name']} checkpoint cannot be exported yet; bundles hold mask estimators (crn, gated_crn)")
         rate = model.config.stft.sample_rate
         parity = load(args.parity_audio, rate)
         from export import verify

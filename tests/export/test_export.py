@@ -145,12 +145,18 @@ def test_failed_check_exits_nonzero_and_leaves_no_bundle(ckpt, devset, tmp_path,
     assert "verification failed" in captured.err
 
 
-@pytest.mark.parametrize("case", ["corrupt-checkpoint", "missing-parent", "exists"])
+@pytest.mark.parametrize("case", ["corrupt-checkpoint", "missing-parent", "exists", "score-model"])
 def test_bad_arguments_give_one_clear_line(case, ckpt, tmp_path, capsys):
     out, ck = tmp_path / "b", ckpt
     if case == "corrupt-checkpoint":
         ck = tmp_path / "bad.pt"
         ck.write_bytes(b"\x00" * 100)
+    elif case == "score-model":  # a generative teacher: no mask graph to export
+        from distill import checkpoint
+        from distill.models import build
+
+        ck = tmp_path / "score.pt"
+        checkpoint.save(ck, build("score_unet"))
     elif case == "missing-parent":
         out = tmp_path / "no" / "such" / "b"
     else:
