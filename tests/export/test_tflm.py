@@ -60,6 +60,17 @@ def test_default_bundle_replays_under_tflm(default_result, runtime_tflm):
     assert 0 < facts["invoke_ms"]["median"] <= facts["invoke_ms"]["max"]
 
 
+def test_gated_bundle_replays_every_integer_part_under_tflm(runtime_tflm):
+    gated = DEFAULT.parent / "gated"
+    result = verify_tflm.check(gated)
+    parts = json.loads((gated / MANIFEST).read_text())["gating"]["order"]
+    assert result["passed"] and sorted(result["files"]) == sorted(f"{p}.int8io.tflite" for p in parts)
+    for name, r in result["files"].items():
+        assert r["passed"] and r["facts"]["flash_bytes"] == (gated / name).stat().st_size, name
+        calls = np.load(gated / "golden" / name.replace(".tflite", ".npz"))["frames"]  # the frames a branch ran in
+        assert r["facts"]["arena"]["minimum_bytes"] > 0 and r["replay"]["frames"] == len(calls) > 0, name
+
+
 def test_unknown_operator_is_named(runtime_tflm):
     with pytest.raises(tflm.TflmError, match="POW"):
         tflm.resolver({"CONV_2D": 1, "POW": 1})
