@@ -32,7 +32,7 @@ from distill.models import gated_cost
 from export import build, calibration, firmware, quiet, verify, verify_tflm
 from export.build import ExportError, Options, check_card, passed
 from export.graph import Named, prepare
-from runtime.backends import GATE_MODES, SESSIONS, GatedRunner, dequantize, quantize
+from runtime.backends import GATE_MODES, SESSIONS, GatedRunner, IntegerSession
 from runtime.bundle import MANIFEST, Bundle, StateSpec, seal, sha256
 
 GATE_PROTOCOL = (
@@ -187,27 +187,6 @@ def integer_edges(section: dict, files: dict) -> list[dict]:
             edges.append({**edge, "from": f"{src_part}.{tensor}", "from_kind": kind, "from_scale": src["scale"], "from_zero_point": src["zero_point"], "copy": same})
         produced.update(dict.fromkeys(part["outputs"], name))
     return edges
-
-
-class IntegerSession:
-    """An int8io part behind the float session interface ``GatedRunner`` calls: each input is
-    quantised with its own scale and zero point and each output dequantised with its own. Chained
-    by the protocol this is the requantisation of ``INTEGER_PROTOCOL`` (a dequantised state
-    quantises back to the same integers, a float zero to the zero point). ``calls`` collects the
-    integer inputs and outputs of every call."""
-
-    def __init__(self, session, io: dict, calls: list | None = None):
-        self.session, self.inputs, self.outputs, self.calls = session, session.inputs, session.outputs, calls
-        specs = {t["name"]: t for t in [*io["inputs"], *io["outputs"]]}
-        self.in_specs = [specs[n] for n in self.inputs]
-        self.out_specs = [specs[n] for n in self.outputs]
-
-    def run(self, values):
-        q = [quantize(np.asarray(v, np.float32), s) for v, s in zip(values, self.in_specs)]
-        res = self.session.run(q)
-        if self.calls is not None:
-            self.calls.append([np.array(v) for v in [*q, *res]])
-        return [dequantize(r, s) for r, s in zip(res, self.out_specs)]
 
 
 def integer_runner(bundle: Bundle, gates: str = "policy", calls: dict | None = None) -> GatedRunner:

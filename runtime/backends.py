@@ -223,6 +223,27 @@ class TorchRunner(Runner):
 GATE_MODES = ("policy", "on", "off")
 
 
+class IntegerSession:
+    """An int8io part behind the float session interface ``GatedRunner`` calls: each input is
+    quantised with its own scale and zero point and each output dequantised with its own. Chained
+    by the protocol this is the requantisation of ``INTEGER_PROTOCOL`` (a dequantised state
+    quantises back to the same integers, a float zero to the zero point). ``calls`` collects the
+    integer inputs and outputs of every call."""
+
+    def __init__(self, session, io: dict, calls: list | None = None):
+        self.session, self.inputs, self.outputs, self.calls = session, session.inputs, session.outputs, calls
+        specs = {t["name"]: t for t in [*io["inputs"], *io["outputs"]]}
+        self.in_specs = [specs[n] for n in self.inputs]
+        self.out_specs = [specs[n] for n in self.outputs]
+
+    def run(self, values):
+        q = [quantize(np.asarray(v, np.float32), s) for v, s in zip(values, self.in_specs)]
+        res = self.session.run(q)
+        if self.calls is not None:
+            self.calls.append([np.array(v) for v in [*q, *res]])
+        return [dequantize(r, s) for r, s in zip(res, self.out_specs)]
+
+
 class GatedRunner:
     """A gated bundle run as its manifest's gating protocol says: per frame the trunk, then the
     policy, then only the branches whose gate is open (the policy's ``logits > 0``, or all / none
@@ -263,6 +284,8 @@ class GatedRunner:
         for name, f in bundle.parts(FORMAT[backend], precision).items():  # tensor names: the protocol's (Bundle checks the files agree)
             part = bundle.gating["parts"][name]
             sessions[name] = SESSIONS[backend](f.path, part["inputs"], part["outputs"], threads)
+            if precision == "int8io":  # integer tensors at the edges: each part quantises its inputs and dequantises its outputs
+                sessions[name] = IntegerSession(sessions[name], f.io)
         power = bundle.manifest["transforms"]["features"]["power"]
         return cls(bundle.gating, bundle.states, power, sessions, gates)
 
