@@ -14,7 +14,8 @@ runtime (``runtime.backends.GatedRunner``, or firmware in C) follows.
 Each part also comes as an integer-I/O TFLite file (``<part>.int8io.tflite``, precision ``int8io``)
 for microcontrollers, with its C array and its golden calls. ``gating.integer_io`` in the manifest
 says how firmware chains them: which scale and zero point every part input comes from and how it is
-requantised to the part's own.
+requantised to the part's own. ``firmware/`` holds that chain as a plain-C99 streaming loop
+(``export.c_reference``).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from distill.models import gated_cost
-from export import build, calibration, firmware, quiet, verify, verify_tflm
+from export import build, c_reference, calibration, firmware, quiet, verify, verify_tflm
 from export.build import ExportError, Options, check_card, passed
 from export.graph import Named, prepare
 from runtime.backends import GATE_MODES, SESSIONS, GatedRunner, IntegerSession
@@ -405,6 +406,8 @@ def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options
                 add(f"{symbol}.cc", "c_source", embeds=embeds, symbol=symbol, alignment=16)
         _golden(out, spec[: opt.golden_frames], runner(open_bundle(), "tflite", "int8"), files, add)
         _golden_integer(out, spec[: opt.golden_frames], open_bundle(), files, add)
+        log("firmware: the C loop around the int8io parts (firmware/) and its golden audio")
+        c_reference.write_gated(out, integer_runner(open_bundle()), opt.parity_audio, add)
         write_manifest(verification)  # the TFLM check reads the bundle as firmware's build would: sealed, checksums verified
         verify_tflm.record(out, files, verification, log)
 
@@ -427,6 +430,14 @@ INTEGER_NOTE = (
     "`<part>_int8io_tflite.h/.cc` its C array, and `golden/<part>.int8io.npz` the integer inputs and outputs of every call "
     "of the protocol below on the golden frames (keys: tensor names, and `frames`, the frames the part ran on); "
     "`golden/gates_int8io.npy` and `golden/masks_int8io_parts.npy` are that run's gates and masks."
+)
+
+FIRMWARE_NOTE = (
+    "`firmware/` is the whole streaming loop around these parts in plain C99 (`denoise_gated.h`: framing, FFT, features and "
+    "energies, the parts called as below with one caller-supplied invoke per part, requantisation, skipped branches' states, "
+    "mask, overlap-add), `denoise_config.h` generated from this manifest, and `denoise_gated_replay`, which checks it against "
+    "`golden/`: `audio_in.npy`, and the engine's output for it with these parts (`audio_out.npy`) and with every part call "
+    "answered by its golden outputs (`audio_out_replay.npy`)."
 )
 
 
@@ -577,6 +588,7 @@ def model_card(m: dict) -> str:
         "",
         *(["### Integer set (int8io)", "", INTEGER_NOTE, "", g["integer_io"]["protocol"], "", *_edge_rows(g["integer_io"]["edges"]), ""]
           if "integer_io" in g else []),
+        *([FIRMWARE_NOTE, ""] if any(f["kind"] == "c_reference" for f in m["files"].values()) else []),
         "## Verification (run by this export)",
         "",
         check_card(ver["model"]),

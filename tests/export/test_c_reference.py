@@ -14,6 +14,7 @@ bundle and a fresh export of the small student, each copied and given its firmwa
 Skipped, with the reason, without a C compiler, LiteRT or tflite-micro.
 """
 import ctypes
+import json
 import re
 import shutil
 import subprocess
@@ -24,8 +25,8 @@ import pytest
 
 from export import c_reference
 from runtime.audio import load
-from runtime.backends import Runner
-from runtime.bundle import Bundle, sha256
+from runtime.backends import GatedRunner, IntegerSession, Runner
+from runtime.bundle import MANIFEST, Bundle, seal, sha256
 from runtime.engine import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,22 +52,31 @@ def _litert_runner(root: Path):
     return open_runner(Bundle(root), "litert", "int8io")
 
 
+def _with_firmware(source: Path, root: Path, write, sources: tuple[str, ...]) -> Path:
+    """A copy of the bundle ``source`` at ``root`` with firmware/ and the golden audio written by
+    ``write(root, add)`` and listed in its manifest, as the export writes them."""
+    shutil.copytree(source, root)
+    manifest = json.loads((root / MANIFEST).read_text())
+
+    def add(name, kind, **info):
+        manifest["files"][name] = {"kind": kind, **info, "sha256": sha256(root / name), "bytes": (root / name).stat().st_size}
+
+    written = set(manifest["files"])
+    write(root, add)
+    assert set(manifest["files"]) - written <= {f"golden/{n}.npy" for n in ("audio_in", "audio_out", "audio_out_replay")} | {
+        f"firmware/{n}" for n in (*sources, c_reference.CONFIG)
+    }
+    assert all((root / "firmware" / n).is_file() for n in (*sources, c_reference.CONFIG))
+    (root / MANIFEST).write_text(json.dumps(seal(manifest), indent=1))
+    return root
+
+
 @pytest.fixture(scope="module", params=["default", "small"])
 def bundle(request, tmp_path_factory):
     """A copy of the bundle with firmware/ and the golden audio written as the export writes them."""
     source = DEFAULT if request.param == "default" else request.getfixturevalue("small_bundle")
     root = tmp_path_factory.mktemp("cref") / request.param
-    shutil.copytree(source, root)
-    files = {}
-
-    def add(name, kind, **info):
-        files[name] = {"kind": kind, **info, "sha256": sha256(root / name)}
-
-    c_reference.write(root, _litert_runner(root), load(SAMPLE, 16000), add)
-    assert set(files) == {f"golden/{n}.npy" for n in ("audio_in", "audio_out", "audio_out_replay")} | {
-        f"firmware/{n}" for n in (*c_reference.FILES, c_reference.CONFIG)
-    }
-    return root
+    return _with_firmware(source, root, lambda r, add: c_reference.write(r, _litert_runner(r), load(SAMPLE, 16000), add), c_reference.FILES)
 
 
 def _compile(cc, out: Path, sources: list[Path], shared: bool = False) -> Path:
@@ -96,7 +106,7 @@ def test_golden_audio_frames_are_the_golden_frames(bundle):
 
 def _replay(cc, bundle, tmp_path, firmware=None):
     firmware = firmware or bundle / "firmware"
-    exe = _compile(cc, tmp_path / "denoise_replay", [firmware / n for n in ("denoise_replay.c", "denoise.c", "denoise_fft.c")])
+    exe = _compile(cc, tmp_path / "denoise_replay", [firmware / n for n in c_reference.REPLAY])
     dump = tmp_path / "dump"
     dump.mkdir()
     run = subprocess.run([str(exe), str(bundle / "golden"), str(dump)], capture_output=True, text=True)
@@ -128,7 +138,7 @@ def test_replay_fails_on_a_wrong_constant(cc, bundle, tmp_path):
 
 
 def test_replay_without_golden_vectors_says_what_is_wrong(cc, bundle, tmp_path):
-    exe = _compile(cc, tmp_path / "r", [bundle / "firmware" / n for n in ("denoise_replay.c", "denoise.c", "denoise_fft.c")])
+    exe = _compile(cc, tmp_path / "r", [bundle / "firmware" / n for n in c_reference.REPLAY])
     run = subprocess.run([str(exe), str(tmp_path)], capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.startswith("error: ") and "audio_in.npy" in run.stderr
 
@@ -155,7 +165,7 @@ def fft_lib(cc, tmp_path_factory):
 def lib(cc, bundle, tmp_path_factory):
     """The bundle's loop as a shared library."""
     path = tmp_path_factory.mktemp("lib") / "libdenoise.so"
-    lib = ctypes.CDLL(str(_compile(cc, path, [bundle / "firmware" / n for n in ("denoise.c", "denoise_fft.c")], shared=True)))
+    lib = ctypes.CDLL(str(_compile(cc, path, [bundle / "firmware" / n for n in c_reference.LOOP], shared=True)))
     lib.denoise_create.restype = ctypes.c_void_p
     lib.denoise_create.argtypes = [INVOKE, ctypes.c_void_p]
     lib.denoise_process_frame.argtypes = [ctypes.c_void_p, F32, F32]
@@ -276,3 +286,259 @@ def test_c_loop_through_ctypes_matches_the_engine_on_the_same_interpreter(lib, b
     assert np.abs(y - want).max() <= AUDIO_TOLERANCE * peak
     if interpreter == "litert" and not diff.any():  # then nothing differs from the export's own run
         assert np.abs(y - _golden(bundle, "audio_out")).max() <= AUDIO_TOLERANCE * peak
+
+
+# The gated loop (denoise_gated.c) on a gated bundle's int8io parts.
+
+GATED = ROOT / "runtime" / "bundles" / "gated"
+
+
+def _integer_runner(root: Path):
+    pytest.importorskip("ai_edge_litert", reason="the golden audio is made with LiteRT (pip install ai-edge-litert)")
+    from export.gated import integer_runner
+
+    return integer_runner(Bundle(root))
+
+
+@pytest.fixture(scope="module", params=["shipped", "small"])
+def gated(request, tmp_path_factory):
+    """The shipped gated bundle, copied and given firmware/ and the golden audio as the export
+    writes them; and a fresh export of a small gated model (one branch), as the export left it."""
+    if request.param == "small":
+        root = request.getfixturevalue("gated_bundle")
+        listed = {n for n, f in Bundle(root).files.items() if f["kind"] == "c_reference"}
+        assert listed == {f"firmware/{n}" for n in (*c_reference.GATED_FILES, c_reference.CONFIG)}
+        return root
+    root = tmp_path_factory.mktemp("gcref") / "gated"
+    write = lambda r, add: c_reference.write_gated(r, _integer_runner(r), load(SAMPLE, 16000), add)  # noqa: E731
+    return _with_firmware(GATED, root, write, c_reference.GATED_FILES)
+
+
+def _gated_replay(cc, root: Path, tmp_path: Path, firmware: Path | None = None) -> tuple[subprocess.CompletedProcess, Path]:
+    firmware = firmware or root / "firmware"
+    exe = _compile(cc, tmp_path / "denoise_gated_replay", [firmware / n for n in c_reference.GATED_REPLAY])
+    dump = tmp_path / "dump"
+    dump.mkdir(exist_ok=True)
+    return subprocess.run([str(exe), str(root / "golden"), str(dump)], capture_output=True, text=True), dump
+
+
+def _calls(root: Path, part: str) -> dict[str, np.ndarray]:
+    with np.load(root / "golden" / f"{part}.int8io.npz") as z:
+        return dict(z)
+
+
+def _split(flat: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    """Per call, the concatenated tensors split apart. Shape: flat [calls * sum(sizes)] -> each [calls, size]"""
+    rows = flat.reshape(-1, sum(sizes))
+    return np.split(rows, np.cumsum(sizes)[:-1], axis=1)
+
+
+def _spectral_diff(ours: np.ndarray, theirs: np.ndarray) -> None:
+    diff = np.abs(ours.astype(int) - theirs.astype(int))
+    assert diff.max(initial=0) <= 1 and (diff > 0).mean() <= FLIPS, f"{(diff > 0).sum()} values differ, by up to {diff.max()} LSB"
+
+
+def test_gated_replay_makes_the_golden_calls_with_the_golden_inputs_and_the_engine_audio(cc, gated, tmp_path):
+    run, dump = _gated_replay(cc, gated, tmp_path)
+    assert run.returncode == 0 and run.stdout.endswith("passed\n"), run.stdout + run.stderr
+    b = Bundle(gated)
+    gates = _golden(gated, "gates_int8io")
+    assert np.array_equal(np.fromfile(dump / "gates.u8", np.uint8).reshape(gates.shape), gates)
+    for name, f in b.parts("tflite", "int8io").items():
+        calls, names = _calls(gated, name), [t["name"] for t in f.io["inputs"]]
+        ours = _split(np.fromfile(dump / f"{name}.i8", np.int8), [int(np.prod(t["shape"])) for t in f.io["inputs"]])
+        assert len(ours[0]) == len(calls["frames"]) == (gates[:, int(name[6:])].sum() if name.startswith("branch") else len(gates))
+        for n, v in zip(names, ours):
+            want = calls[n].reshape(len(v), -1)
+            if n in ("features", "energies"):  # from the loop's own FFT
+                _spectral_diff(v, want)
+            else:  # states, skipped branches' zeroed and held states, every requantised input
+                assert np.array_equal(v, want), f"{name}: {n}"
+    audio, want = np.fromfile(dump / "audio_out.f32", np.float32), _golden(gated, "audio_out_replay")
+    assert np.abs(audio - want).max() <= AUDIO_TOLERANCE * np.abs(want).max()
+
+
+def _tampered_config(gated: Path, tmp_path: Path, pattern: str, change) -> Path:
+    firmware = tmp_path / "firmware"
+    shutil.copytree(gated / "firmware", firmware)
+    config = firmware / c_reference.CONFIG
+    text, n = re.subn(pattern, change, config.read_text(), count=1)
+    assert n == 1
+    config.write_text(text)
+    return firmware
+
+
+def test_gated_replay_fails_on_a_wrong_requantisation(cc, gated, tmp_path):
+    """A source zero point off by one in one requantised input, as a hand-ported config might have."""
+    firmware = _tampered_config(gated, tmp_path, r"(DENOISE_FILL_REQUANTISE, [^}]*, )(-?\d+)\}", lambda m: f"{m[1]}{int(m[2]) + 1}}}")
+    run, _ = _gated_replay(cc, gated, tmp_path, firmware)
+    assert run.returncode == 1 and run.stdout.endswith("FAILED\n") and re.search(r"requantised inputs: [1-9]\d* of", run.stdout), run.stdout
+
+
+def test_gated_replay_fails_when_a_skipped_branch_holds_what_it_must_zero(cc, gated, tmp_path):
+    """A branch that runs again after being skipped must see its zeroed states at their zero point:
+    one of them marked held instead makes the replay fail (on the shipped bundle branch1, skipped on
+    frames 2 to 6, runs again on frame 7)."""
+    gates = _golden(gated, "gates_int8io")  # [T, K]
+    resumed = [k for k in range(gates.shape[1]) if any(gates[t, k] and not gates[t - 1, k] and gates[: t - 1, k].any() for t in range(2, len(gates)))]
+    assert resumed, "no branch runs, is skipped and runs again in the golden frames"
+    k = resumed[0]
+    state = Bundle(gated).gating["parts"][f"branch{k}"]["zeroed_when_skipped"][0]
+    firmware = _tampered_config(gated, tmp_path, rf'(\{{"{state}", [^}}]*, )1\}}', lambda m: f"{m[1]}0}}")
+    run, _ = _gated_replay(cc, gated, tmp_path, firmware)
+    assert run.returncode == 1 and run.stdout.endswith("FAILED\n") and re.search(r"requantised inputs: [1-9]\d* of", run.stdout), run.stdout
+
+
+def test_gated_replay_follows_the_logits(cc, gated, tmp_path):
+    """A golden logit pushed over its zero point on a frame where the branch was closed: the loop
+    opens the branch there, finds no golden call for it and says so."""
+    root = tmp_path / "bundle"
+    shutil.copytree(gated / "golden", root / "golden")
+    gates = _golden(root, "gates_int8io")
+    t = int(np.flatnonzero(gates[:, 0] == 0)[0])
+    calls = _calls(root, "policy")
+    zero = Bundle(gated).parts("tflite", "int8io")["policy"].io["outputs"][0]["zero_point"]
+    calls["logits"][t, 0, 0] = zero + 1
+    np.savez(root / "golden" / "policy.int8io.npz", **calls)
+    exe = _compile(cc, tmp_path / "r", [gated / "firmware" / n for n in c_reference.GATED_REPLAY])
+    run = subprocess.run([str(exe), str(root / "golden")], capture_output=True, text=True)
+    assert run.returncode == 1 and run.stdout.endswith("FAILED\n"), run.stdout
+    assert f"branch0 was called on frame {t}, where its golden calls have none" in run.stdout
+
+
+def test_gated_replay_says_what_is_wrong_with_the_golden_folder(cc, gated, tmp_path):
+    exe = _compile(cc, tmp_path / "r", [gated / "firmware" / n for n in c_reference.GATED_REPLAY])
+    run = subprocess.run([str(exe), str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.startswith("error: ") and "audio_in.npy" in run.stderr
+    golden = tmp_path / "golden"
+    shutil.copytree(gated / "golden", golden)
+    calls = _calls(golden.parent, "trunk")
+    del calls["gru_h"]
+    np.savez(golden / "trunk.int8io.npz", **calls)
+    run = subprocess.run([str(exe), str(golden)], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.strip().splitlines() == [f"error: {golden}/trunk.int8io.npz: has no array 'gru_h' (golden calls of another bundle?)"]
+
+
+def test_gated_export_refuses_golden_calls_the_protocol_does_not_make(gated, tmp_path):
+    """Golden calls of a branch moved to other frames: write_gated stops with one line."""
+    from export.build import ExportError
+
+    root = tmp_path / "bundle"
+    shutil.copytree(gated, root)
+    calls = _calls(root, "branch0")
+    calls["frames"] = calls["frames"] + 1
+    np.savez(root / "golden" / "branch0.int8io.npz", **calls)
+    with pytest.raises(ExportError, match=r"^branch0 is called on frame \d+ but its golden call 0 was made on frame \d+; the golden calls and the gating protocol disagree$"):
+        c_reference.write_gated(root, _integer_runner(gated), load(SAMPLE, 16000), lambda *a, **k: None)
+
+
+INVOKE_GATED = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.POINTER(ctypes.c_int8)), ctypes.POINTER(ctypes.POINTER(ctypes.c_int8)))
+
+
+class TflmSession:
+    """One int8io part on TensorFlow Lite Micro behind the session interface (inputs and outputs by
+    index, in the order of the part's manifest entry, as verify_tflm checks)."""
+
+    def __init__(self, path: Path, inputs: list[str], outputs: list[str]):
+        from tflite_micro.python.tflite_micro import runtime
+
+        self.interpreter = runtime.Interpreter.from_file(str(path), arena_size=1 << 20)
+        self.inputs, self.outputs = inputs, outputs
+
+    def run(self, values):
+        for i, v in enumerate(values):
+            self.interpreter.set_input(v, i)
+        self.interpreter.invoke()
+        return [self.interpreter.get_output(i) for i in range(len(self.outputs))]
+
+
+class FollowPart:
+    """A part session that runs on the C loop's features or energies of the same call (so both sides
+    run the part on the same integers where two FFTs round a value differently); keeps what it
+    computed itself, every input it ran on and, by ``clock``, the frame of each call."""
+
+    def __init__(self, session, theirs: list[list[np.ndarray]], clock):
+        self.session, self.inputs, self.outputs, self.theirs, self.clock = session, session.inputs, session.outputs, theirs, clock
+        self.ours, self.given, self.frames = [], [], []
+
+    def run(self, values):
+        values = list(values)
+        for i, n in enumerate(self.inputs):
+            if n in ("features", "energies"):
+                self.ours.append(values[i].copy())
+                values[i] = self.theirs[len(self.given)][i]
+        self.given.append(values)
+        self.frames.append(self.clock())
+        return self.session.run(values)
+
+
+@pytest.mark.parametrize("interpreter", ["litert", "tflm"])
+def test_gated_c_loop_through_ctypes_matches_the_engine_on_the_same_interpreter(cc, gated, tmp_path, interpreter):
+    """The loop as a shared library, one interpreter per part behind its invoke (as firmware wires
+    TFLM), against the Python runtime chaining the same parts on the same interpreter: the same
+    calls on the same frames with the same inputs, features and energies within 1 LSB, the audio
+    within float rounding."""
+    from runtime.backends import LiteRTSession
+
+    _integer_runner(gated)  # skips without LiteRT
+    if interpreter == "tflm":
+        pytest.importorskip("tflite_micro", reason="tflite-micro has a cp311 x86-64 wheel only (pip install tflite-micro)")
+    b = Bundle(gated)
+    files, g = b.parts("tflite", "int8io"), b.gating
+    order, session = g["order"], {"litert": LiteRTSession, "tflm": TflmSession}[interpreter]
+
+    def sessions():
+        return {n: session(f.path, g["parts"][n]["inputs"], g["parts"][n]["outputs"]) for n, f in files.items()}
+
+    lib = ctypes.CDLL(str(_compile(cc, tmp_path / "libgated.so", [gated / "firmware" / n for n in c_reference.GATED_LOOP], shared=True)))
+    lib.denoise_gated_create.restype = ctypes.c_void_p
+    lib.denoise_gated_create.argtypes = [INVOKE_GATED, ctypes.c_void_p]
+    lib.denoise_gated_process_frame.argtypes = [ctypes.c_void_p, F32, F32]
+    lib.denoise_gated_ran.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.denoise_gated_destroy.argtypes = [ctypes.c_void_p]
+    parts = sessions()
+    shapes = {n: ([t["shape"] for t in f.io["inputs"]], [t["shape"] for t in f.io["outputs"]]) for n, f in files.items()}
+    theirs, frames, errors, now = {n: [] for n in order}, {n: [] for n in order}, [], [0]
+
+    def invoke(ctx, part, inputs, outputs):
+        try:  # an exception must not leave the C side running on garbage
+            name = order[part]
+            ins, outs = shapes[name]
+            values = [np.ctypeslib.as_array(inputs[i], (int(np.prod(s)),)).reshape(s).copy() for i, s in enumerate(ins)]
+            res = parts[name].run(values)
+            for i, s in enumerate(outs):
+                np.ctypeslib.as_array(outputs[i], (int(np.prod(s)),))[:] = np.asarray(res[i]).ravel()
+            theirs[name].append(values)
+            frames[name].append(now[0])
+            return 0
+        except Exception as e:
+            errors.append(e)
+            return 1
+
+    callback = INVOKE_GATED(invoke)
+    st = lib.denoise_gated_create(callback, None)
+    assert st
+    audio, hop = _golden(gated, "audio_in"), b.signal["hop"]
+    y, ran = np.zeros_like(audio), []
+    try:
+        for t in range(len(audio) // hop):
+            now[0] = t
+            out = np.zeros(hop, np.float32)
+            assert lib.denoise_gated_process_frame(st, out, np.ascontiguousarray(audio[t * hop : (t + 1) * hop])) == 0, errors
+            y[t * hop : (t + 1) * hop] = out
+            ran.append([lib.denoise_gated_ran(st, k) for k in range(g["branches"])])
+    finally:
+        lib.denoise_gated_destroy(st)
+    for k in range(g["branches"]):
+        assert np.flatnonzero(np.array(ran)[:, k]).tolist() == frames[f"branch{k}"]
+
+    follow = {n: FollowPart(s, theirs[n], lambda: runner.frames) for n, s in sessions().items()}
+    runner = GatedRunner(g, b.states, b.manifest["transforms"]["features"]["power"], {n: IntegerSession(follow[n], files[n].io) for n in order})
+    want = Engine(b, runner).process(audio)
+    for n in order:
+        assert follow[n].frames == frames[n], n
+        assert all(np.array_equal(u, v) for a, c in zip(follow[n].given, theirs[n]) for u, v in zip(a, c)), n
+        spectral = [i for i, name in enumerate(g["parts"][n]["inputs"]) if name in ("features", "energies")]
+        if spectral:
+            _spectral_diff(np.concatenate([o.ravel() for o in follow[n].ours]), np.concatenate([c[i].ravel() for c in theirs[n] for i in spectral]))
+    assert np.abs(y - want).max() <= AUDIO_TOLERANCE * np.abs(want).max()
