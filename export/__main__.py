@@ -199,28 +199,30 @@ def _int8_parity(snr: float) -> str:
 def report(manifest: dict) -> None:
     ver = manifest["verification"]
     print(f"\nparity: {ver['parity_audio']} streamed through every model, mask against PyTorch fp32:")
+    width = max(map(len, ver["parity"]))  # the name column, as wide as its longest name
     for name, r in ver["parity"].items():
         if "gates" in r:  # a gated bundle: every way of driving the gates
             if r["tolerance"] is None:
                 snr = ", ".join(f"{g} {v['mask_snr_db']:.1f}" for g, v in r["gates"].items())
-                print(f"  {name:12s} int8 vs fp32 mask SNR by gates: {snr} dB (not a pass/fail: int8 is judged by its quality below)")
+                print(f"  {name:{width}s} int8 vs fp32 mask SNR by gates: {snr} dB (not a pass/fail: int8 is judged by its quality below)")
             else:
                 err = ", ".join(f"{g} {v['mask_max_abs_error']:.2e}" for g, v in r["gates"].items())
-                print(f"  {name:12s} max abs error by gates: {err} (tolerance {r['tolerance']:g}) {_verdict(r['passed'])}")
-            print(f"  {'':12s} branch usage from the policy {r['gates']['policy']['branch_usage']} (PyTorch {r['pytorch_branch_usage']})")
+                print(f"  {name:{width}s} max abs error by gates: {err} (tolerance {r['tolerance']:g}) {_verdict(r['passed'])}")
+            print(f"  {'':{width}s} branch usage from the policy {r['gates']['policy']['branch_usage']} (PyTorch {r['pytorch_branch_usage']})")
             continue
         if r["tolerance"] is None:
-            print(f"  {name:22s} {_int8_parity(r['mask_snr_db'])}")
+            print(f"  {name:{width}s} {_int8_parity(r['mask_snr_db'])}")
         else:
-            print(f"  {name:22s} max abs error {r['mask_max_abs_error']:.2e} (tolerance {r['tolerance']:g}) {_verdict(r['passed'])}")
+            print(f"  {name:{width}s} max abs error {r['mask_max_abs_error']:.2e} (tolerance {r['tolerance']:g}) {_verdict(r['passed'])}")
     q = ver["quality"]
     ref, budget = q["reference"], q["budget"]
     print(f"\nint8 quality on {q['files']} pair(s) of {q['devset']} against fp32 PyTorch (PESQ {ref['pesq']:.3f}, SI-SDR {ref['si_sdr']:.2f} dB);")
     print(f"budget: PESQ drop <= {budget['pesq_drop']:g}, SI-SDR drop <= {budget['si_sdr_drop']:g} dB, same polarity as fp32:")
+    width = max(map(len, q["results"]))
     for name, r in q["results"].items():
         setting = r["setting"] if "setting" in r else manifest["files"][name]["quantization"]["setting"]
         print(
-            f"  {name:22s} PESQ {r['pesq']:.3f} (drop {r['pesq_drop']:+.3f})  SI-SDR {r['si_sdr']:.2f} dB (drop {r['si_sdr_drop']:+.2f})  "
+            f"  {name:{width}s} PESQ {r['pesq']:.3f} (drop {r['pesq_drop']:+.3f})  SI-SDR {r['si_sdr']:.2f} dB (drop {r['si_sdr_drop']:+.2f})  "
             f"correlation {r['correlation']:+.2f}  [{setting}] {_verdict(r['passed'])}"
         )
     if "tflm" in ver:
