@@ -1,12 +1,18 @@
-"""KD ablation: the same students, data, steps and seeds under each distillation method.
+"""KD ablation: the same students, mixtures, steps and seeds under each distillation method.
 
 ``python -m benchmarks.kd_ablation --data ../shared/data --teacher TEACHER.pt --devset dev=data/devset --devset dev-ood=data/dev-ood``
 
 Trains every (student size, method, seed) with ``distill.train`` into ``OUT/runs/...``, skipping
 finished runs and resuming interrupted ones (so the ablation can be spread over several sittings),
-validating on the first ``--devset``; scores each on every ``--devset`` (PESQ, ESTOI, SI-SDR,
-DNSMOS OVRL; overall and at -5 dB input SNR), and writes ``OUT/results.md`` (a table per set),
-``results.json``, ``results.png`` and ``commands.md``.
+validating on the first ``--devset`` (and logging the second as dev-ood) every ``--val-every``
+steps, so each run's ``val.csv`` is its curve; scores each on every ``--devset`` (PESQ, ESTOI,
+SI-SDR, DNSMOS OVRL; overall and at -5 dB input SNR) next to the teachers' own scores, and writes
+``OUT/results.md`` (a table per set), ``results.json``, ``results.png`` and ``commands.md``.
+
+With ``--pool N`` (the default) every run of a seed trains on the same N mixtures, rendered once
+with the teachers' outputs (``distill.pool``): the supervised baseline sees the same data as the
+distilled runs, and methods differ only in their loss. ``dispatch-bb`` is DISPatch with the
+black-box ``--bb-teacher`` (a peer or DeepFilterNet3, ``distill.teachers``) instead of ``--teacher``.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill import checkpoint, train
+from distill import checkpoint, teachers, train
 from distill.evaluate import EvalSet, SetError, enhancer, parse_sets, read_eval_sets, score
 from runtime.audio import AudioError
 from runtime.bundle import sha256
@@ -31,7 +37,9 @@ METHODS = {
     "dfkd": ["--kd", "dfkd", "--kd-weight", "0.1"],
     "dispatch-mssp": ["--kd", "dispatch-mssp", "--kd-weight", "0.1"],
     "two-step": ["--kd", "two-step", "--kd-weight", "1.0", "--two-step-split", "0.3"],
+    "dispatch-bb": ["--kd", "dispatch", "--kd-weight", "1.5"],
 }
+BLACK_BOX = {"dispatch-bb"}  # taught by --bb-teacher
 METRICS = ("pesq", "estoi", "si_sdr", "dnsmos_ovrl")
 
 
@@ -43,25 +51,40 @@ def parse_args(argv):
                    help="rendered test set (python -m distill.devset render / render-ood), named after its folder unless NAME= is given; "
                    "repeatable: every run is scored on each, and validated on the first")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "kd_ablation")
-    p.add_argument("--sizes", default="student,student-30k")
+    p.add_argument("--bb-teacher", default="gtcrn", help=f"the black-box teacher of dispatch-bb: {teachers.FORMS}")
+    p.add_argument("--peers", default=teachers.PEERS_DIR, metavar="DIR", help="folder of the peer models (for --bb-teacher)")
+    p.add_argument("--sizes", default="student-erb-30k")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--val-every", type=int, help="validation interval, steps (default: --steps / 10)")
+    p.add_argument("--pool", type=int, default=4000, help="mixtures per seed's pool, shared by every method (0: new mixtures at every step)")
+    p.add_argument("--pool-dir", type=Path, default=Path("data/pools"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--files", type=int, help="score this many files of each set, spread over it (default: all)")
     p.add_argument("--eval-only", action="store_true", help="score finished runs, train nothing")
     return p.parse_args(argv)
 
 
-def train_args(args, size: str, method: str, seed: int, out: Path, val_dir: Path) -> list[str]:
+def train_args(args, size: str, method: str, seed: int, out: Path, val_sets: list[Path]) -> list[str]:
     base = [
         "--model", size, "--clean", str(args.data / "clean"), "--noise", str(args.data / "noise"),
         "--steps", str(args.steps), "--batch", str(args.batch), "--warmup", str(max(args.steps // 10, 1)),
-        "--seed", str(seed), "--threads", str(args.threads), "--val-dir", str(val_dir), "--val-files", "20",
-        "--val-every", str(args.steps), "--ckpt-every", "50", "--out", str(out), "--resume", "--no-progress",
+        "--seed", str(seed), "--threads", str(args.threads), "--val-dir", str(val_sets[0]), "--val-files", "20",
+        "--val-every", str(args.val_every or max(args.steps // 10, 1)), "--ckpt-every", "50", "--out", str(out), "--resume", "--no-progress",
     ]  # fmt: skip
-    return base + (["--teacher", str(args.teacher)] if METHODS[method] else []) + METHODS[method]
+    if len(val_sets) > 1:
+        base += ["--val-ood", str(val_sets[1])]
+    if (args.data / "rir").is_dir():
+        base += ["--rir", str(args.data / "rir")]
+    if args.pool:
+        base += ["--pool", str(args.pool), "--pool-dir", str(args.pool_dir)]
+    if method in BLACK_BOX:
+        base += ["--teacher", args.bb_teacher, "--peers", str(args.peers)]
+    elif METHODS[method]:
+        base += ["--teacher", str(args.teacher)]
+    return base + METHODS[method]
 
 
 def finished(run: Path, steps: int) -> bool:
@@ -82,14 +105,14 @@ def main(argv=None) -> int:
     except SetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    val_dir = next(iter(sets.values()))
+    val_sets = list(sets.values())
     args.out.mkdir(parents=True, exist_ok=True)
     commands = []
     for size in sizes:
         for method in methods:
             for seed in args.seeds:
                 run = args.out / "runs" / size / method / f"seed{seed}"
-                argv_run = train_args(args, size, method, seed, run, val_dir)
+                argv_run = train_args(args, size, method, seed, run, val_sets)
                 commands.append("python -m distill.train " + " ".join(argv_run))
                 if args.eval_only or finished(run, args.steps):
                     continue
@@ -100,8 +123,9 @@ def main(argv=None) -> int:
                     print(f"error: run {run} stopped with exit code {code}; run the ablation again to resume it", file=sys.stderr)
                     return code
     driver = ["python -m benchmarks.kd_ablation", f"--data {args.data}", f"--teacher {args.teacher}"]
+    driver += [f"--bb-teacher {args.bb_teacher} --peers {args.peers}"] if BLACK_BOX & set(methods) else []
     driver += [f"--devset {d}" for d in args.devset]
-    driver += [f"--sizes {args.sizes}", f"--methods {args.methods}", f"--steps {args.steps}", f"--batch {args.batch}"]
+    driver += [f"--sizes {args.sizes}", f"--methods {args.methods}", f"--steps {args.steps}", f"--batch {args.batch}", f"--pool {args.pool}"]
     driver += ["--seeds " + " ".join(map(str, args.seeds))] + ([f"--files {args.files}"] if args.files else [])
     (args.out / "commands.md").write_text(
         "# Commands of the KD ablation\n\n"
@@ -129,21 +153,27 @@ def evaluate(args, sizes, methods, sets: dict[str, Path]) -> int:
 
 
 def score_set(args, sizes, methods, name: str, ds: EvalSet) -> dict:
-    """The noisy input and every finished run scored on one set, with the table over seeds; the
-    scores are cached per set and number of files, so a rerun only scores what is new."""
+    """The noisy input, the teachers and every finished run scored on one set, with the table over
+    seeds; the scores are cached per set and number of files, so a rerun only scores what is new."""
     cache = args.out / "scores" / name / f"{len(ds.items)}-files"
     cache.mkdir(parents=True, exist_ok=True)
 
-    def cached(system: str, run: Path | None = None) -> dict:
-        """Per-file scores of the noisy input (no run) or of a run's last checkpoint, computed once."""
+    def cached(system: str, make=None) -> dict:
+        """Per-file scores of ``make()``'s enhancer (of the noisy input when None), computed once."""
         path = cache / f"{system.replace('/', '_')}.json"
         if not path.is_file():
-            enhance = enhancer(checkpoint.load_model(run / "last.pt")) if run else None
-            path.write_text(json.dumps(score(ds.items, enhance, True, f"{name}: {system}")))
+            path.write_text(json.dumps(score(ds.items, make() if make else None, True, f"{name}: {system}")))
         return json.loads(path.read_text())
 
     noisy = ds.summarise(cached("noisy"))
-    results = {"files": len(ds.items), "noisy": noisy, "runs": {}}
+    results = {"files": len(ds.items), "noisy": noisy, "teachers": {}, "runs": {}}
+    for label, text in [("teacher", str(args.teacher))] + ([("bb-teacher", args.bb_teacher)] if BLACK_BOX & set(methods) else []):
+        try:
+            spec = teachers.resolve(text, args.peers)
+            system = f"teacher-{spec.identity()[:16]}"  # another teacher under the same name is scored anew
+            results["teachers"][f"{label} {text}"] = ds.summarise(cached(system, lambda: one_signal(spec.open())))
+        except teachers.TeacherError as e:
+            print(f"note: {label} {text} left out of the {name} table: {e}")
     for size in sizes:
         for method in methods:
             for seed in args.seeds:
@@ -152,9 +182,14 @@ def score_set(args, sizes, methods, name: str, ds: EvalSet) -> dict:
                     print(f"note: {run} is not finished; left out of the {name} table")
                     continue
                 system = f"{size}/{method}/seed{seed}"
-                results["runs"][system] = ds.summarise(cached(system, run))
+                results["runs"][system] = ds.summarise(cached(system, lambda: enhancer(checkpoint.load_model(run / "last.pt"))))
     results["table"] = aggregate(results, sizes, methods, args.seeds)
     return results
+
+
+def one_signal(teacher: teachers.Teacher):
+    """A teacher's batch ``enhance`` as the one-signal enhancer ``score`` calls."""
+    return lambda noisy: teacher.enhance(noisy[None])[0]
 
 
 def _at(summary: dict, scope: str) -> dict:
@@ -193,9 +228,9 @@ def markdown(results: dict, args) -> str:
             "| student | method | " + " | ".join(head) + " | " + " | ".join(f"{h} @-5 dB" for h in head) + " |",
             "|---|---|" + "---:|" * 8,
         ]
-        n, n5 = r["noisy"]["mean"], _at(r["noisy"], "-5")
-        lines.append("| (noisy input) | | " + " | ".join(f"{n[m]:.3f}" if m != "si_sdr" else f"{n[m]:.2f}" for m in METRICS) + " | "
-                     + " | ".join(f"{n5[m]:.3f}" if m != "si_sdr" else f"{n5[m]:.2f}" for m in METRICS) + " |")  # fmt: skip
+        for label, summary in [("(noisy input)", r["noisy"]), *((f"({t})", v) for t, v in r.get("teachers", {}).items())]:
+            cells = [f"{_at(summary, scope)[m]:.2f}" if m == "si_sdr" else f"{_at(summary, scope)[m]:.3f}" for scope in ("mean", "-5") for m in METRICS]
+            lines.append(f"| {label} | | " + " | ".join(cells) + " |")
         for key, row in r["table"].items():
             size, method = key.split("/")
             cells = []

@@ -27,12 +27,14 @@ MODELS["corrector"] = (CorrectorConfig, Corrector)  # a second stage after a stu
 # sees 81 points (81 -> 41 -> 21 -> 11 -> 6 -> 3); the decoder's 81 points are interpolated back to
 # 161 bins before the mask bound. student-erb and teacher-erb share that grid (Gram KD between them
 # works; across grids only output-level KD does). student-erb: 600-step pilots put encoder width
-# ahead of a second GRU layer at equal MACs (docs/student_arch_section.md).
+# ahead of a second GRU layer at equal MACs (docs/models.md). student-erb-30k: the ~30 k
+# size of the KD papers on that grid (student-30k's is the uniform one), for the KD ablation.
 PRESETS: dict[str, tuple[str, dict]] = {
     "teacher": ("crn", dict(channels=(16, 32, 48, 64, 96), rnn_groups=4, rnn_layers=2)),
     "student": ("crn", dict(channels=(8, 16, 24, 32, 32), rnn_groups=4, rnn_layers=1)),
     "student-30k": ("crn", dict(channels=(4, 8, 12, 16, 16), rnn_groups=2, rnn_layers=1)),
     "student-erb": ("crn", dict(channels=(9, 18, 27, 36, 48), rnn_groups=4, rnn_layers=1, erb_low=41, erb_bands=40)),
+    "student-erb-30k": ("crn", dict(channels=(6, 12, 18, 24, 24), rnn_groups=2, rnn_layers=1, erb_low=41, erb_bands=40)),
     "teacher-erb": ("crn", dict(channels=(16, 32, 48, 64, 96), rnn_groups=4, rnn_layers=2, rnn_size=512, erb_low=41, erb_bands=40)),
     "gated-student": ("gated_crn", dict(channels=(5, 8, 12, 16, 20), branch_channels=(3, 5, 8, 10, 10), branches=2, trunk_groups=4)),
 }

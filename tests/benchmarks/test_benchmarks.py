@@ -68,7 +68,8 @@ def test_kd_ablation_trains_scores_and_tabulates(small_checkpoint, small_devset,
             sf.write(tmp_path / "data" / kind / f"{i}.wav", make(rng, 48000), 16000)
     ood, out = one_file_copy(small_devset, tmp_path / "ood"), tmp_path / "out"
     args = ["--data", str(tmp_path / "data"), "--teacher", str(small_checkpoint), "--devset", str(small_devset), "--devset", f"other={ood}",
-            "--out", str(out), "--sizes", "student-30k", "--methods", "none,dispatch", "--seeds", "0", "--steps", "2", "--batch", "2"]  # fmt: skip
+            "--out", str(out), "--sizes", "student-30k", "--methods", "none,dispatch", "--seeds", "0", "--steps", "2", "--batch", "2",
+            "--pool", "4", "--pool-dir", str(tmp_path / "pools")]  # fmt: skip
     assert kd_ablation.main(args) == 0
     sets = json.loads((out / "results.json").read_text())["sets"]
     assert list(sets) == [small_devset.name, "other"], "a bare DIR is named after its folder"
@@ -80,6 +81,10 @@ def test_kd_ablation_trains_scores_and_tabulates(small_checkpoint, small_devset,
     commands = (out / "commands.md").read_text()
     assert f"--devset {small_devset} --devset other={ood} --sizes" in commands, "the driver line gives every set back as it was given"
     assert f"--val-dir {small_devset} " in commands and f"--val-dir {ood}" not in commands, "runs validate on the first set only"
+    assert f"--val-ood {ood}" in commands, "and log the second as their out-of-domain curve"
+    assert commands.count(f"--pool 4 --pool-dir {tmp_path / 'pools'}") == 2, "the baseline trains on the distilled runs' pool"
+    assert len(list((tmp_path / "pools").iterdir())) == 1, "one pool for both methods of a seed"
+    assert f"| (teacher {small_checkpoint}) |" in md, "the teacher's own scores are in the table"
     assert (out / "scores" / "other" / "1-files" / "student-30k_dispatch_seed0.json").is_file()
     assert kd_ablation.main(args) == 0, "a second run reuses the finished runs and cached scores"
 
