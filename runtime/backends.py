@@ -6,18 +6,23 @@ for integer I/O, whose state input and output scales are equal so nothing is req
 frames. A file whose graph is the ``core`` (the quantised TFLite models) leaves the float feature
 transform and mask bound to the backend, which computes them exactly as the manifest's
 ``transforms`` describe. A gated bundle runs through ``GatedRunner``, which follows the manifest's
-gating protocol and calls a branch's graph only on frames its gate is open.
+gating protocol and calls a branch's graph only on frames its gate is open. A two-stage bundle (a
+student, then a MeanFlow corrector) runs through ``ChainRunner``, which returns the enhanced
+spectrum itself rather than a mask (``returns``), and feeds the corrector its noise from
+``runtime.noise``.
 """
 from __future__ import annotations
 
 import os
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 
 import numpy as np
 
 from runtime.bundle import Bundle, BundleError, ModelFile, StateSpec
+from runtime.noise import gaussian
 
 BACKENDS = ("onnxruntime", "litert", "pytorch")
 FORMAT = {"onnxruntime": "onnx", "litert": "tflite", "pytorch": "pytorch"}
@@ -39,6 +44,25 @@ def bounded_mask(z: np.ndarray) -> np.ndarray:
     """Complex mask with magnitude tanh(|z|) and the phase of z. Shape: [2, F] -> [F, 2]"""
     r = np.sqrt(np.maximum(np.square(z).sum(0), np.float32(1e-12)))  # [F]
     return (z * (np.tanh(r) / r)).T.astype(np.float32)
+
+
+def flow(x: np.ndarray, power: float) -> np.ndarray:
+    """Power-law compression of a complex spectrum, phase kept: x |x|^(power - 1), the corrector's
+    domain. Shape: [F, 2] -> [F, 2]"""
+    mag = np.sqrt(np.maximum(np.square(x).sum(-1, keepdims=True), np.float32(1e-12)))  # [F, 1]
+    return (x * mag ** np.float32(power - 1)).astype(np.float32)
+
+
+def unflow(z: np.ndarray, power: float) -> np.ndarray:
+    """Inverse of ``flow``. Shape: [F, 2] -> [F, 2]"""
+    mag = np.sqrt(np.maximum(np.square(z).sum(-1, keepdims=True), np.float32(1e-12)))  # [F, 1]
+    return (z * mag ** np.float32(1 / power - 1)).astype(np.float32)
+
+
+def apply_mask(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Complex product per bin. Shape: [F, 2], [F, 2] -> [F, 2]"""
+    (xr, xi), (mr, mi) = frame.T, mask.T
+    return np.stack([xr * mr - xi * mi, xr * mi + xi * mr], -1).astype(np.float32)
 
 
 def quantize(x: np.ndarray, spec: dict) -> np.ndarray:
@@ -143,6 +167,8 @@ SESSIONS = {"onnxruntime": OnnxSession, "litert": LiteRTSession}
 class Runner:
     """Common part: tensor names, state initial values, integer I/O conversion."""
 
+    returns = "mask"  # what a call gives per frame: a mask for the frame (a ChainRunner: the enhanced spectrum)
+
     def __init__(self, bundle: Bundle, model: ModelFile):
         self.bundle, self.model = bundle, model
         io = model.io
@@ -244,12 +270,27 @@ class IntegerSession:
         return [dequantize(r, s) for r, s in zip(res, self.out_specs)]
 
 
+def part_sessions(bundle: Bundle, protocol: dict, backend: str, precision: str, threads: int = 1) -> dict:
+    """A session per part of a gated or two-stage bundle at one format and precision, run by the
+    protocol's tensor names (``Bundle`` checked that the files have them); int8io parts quantise
+    their inputs and dequantise their outputs (``IntegerSession``)."""
+    sessions = {}
+    for name, f in bundle.parts(FORMAT[backend], precision).items():
+        part = protocol["parts"][name]
+        sessions[name] = SESSIONS[backend](f.path, part["inputs"], part["outputs"], threads)
+        if precision == "int8io":
+            sessions[name] = IntegerSession(sessions[name], f.io)
+    return sessions
+
+
 class GatedRunner:
     """A gated bundle run as its manifest's gating protocol says: per frame the trunk, then the
     policy, then only the branches whose gate is open (the policy's ``logits > 0``, or all / none
     when ``gates`` forces them). A skipped branch's graph is not called at all. Counts gate usage
     and the MACs executed (trunk + policy + branches that ran).
     """
+
+    returns = "mask"
 
     def __init__(self, gating: dict, states: tuple[StateSpec, ...], power: float, sessions: dict, gates: str = "policy"):
         """``gating``: the manifest's gating section; ``sessions``: per part, an object with
@@ -280,12 +321,7 @@ class GatedRunner:
     def open(cls, bundle: Bundle, backend: str, precision: str, threads: int = 1, gates: str = "policy") -> "GatedRunner":
         if backend not in SESSIONS:
             raise BundleError(f"gated bundles run on {' or '.join(SESSIONS)}, not {backend}")
-        sessions = {}
-        for name, f in bundle.parts(FORMAT[backend], precision).items():  # tensor names: the protocol's (Bundle checks the files agree)
-            part = bundle.gating["parts"][name]
-            sessions[name] = SESSIONS[backend](f.path, part["inputs"], part["outputs"], threads)
-            if precision == "int8io":  # integer tensors at the edges: each part quantises its inputs and dequantises its outputs
-                sessions[name] = IntegerSession(sessions[name], f.io)
+        sessions = part_sessions(bundle, bundle.gating, backend, precision, threads)
         power = bundle.manifest["transforms"]["features"]["power"]
         return cls(bundle.gating, bundle.states, power, sessions, gates)
 
@@ -336,12 +372,121 @@ class GatedRunner:
         self.on = np.zeros(len(self.branches), np.int64)
 
 
+STAGES = ("all", "student")
+
+
+class ChainRunner:
+    """A two-stage bundle run as its manifest's chain protocol says, frame by frame: the student's
+    graph on the compressed features, its mask bound and applied to the frame (the student's
+    estimate), then the corrector's graph on the estimate and the frame in its compressed domain
+    and on this frame's eps, and its output taken back to the linear domain. Nothing waits for a
+    later frame, so the chain adds no latency. ``stages="student"`` stops after the student (the
+    corrector is not called) for A/B listening. Returns the enhanced spectrum (``returns``).
+
+    The state list is every stage state in manifest order, then the frame counter that eps is
+    drawn at (a stream's frame index), so streams that share the runner keep their own eps.
+    Per stage the MACs (static, per frame it ran) and the compute time of every frame are kept.
+    """
+
+    returns = "spectrum"
+
+    def __init__(self, chain: dict, states: tuple[StateSpec, ...], powers: tuple[float, float], sessions: dict, stages: str = "all"):
+        """``chain``: the manifest's chain section; ``powers``: the student's feature power and the
+        corrector's flow power; ``sessions``: per stage, an object with ``inputs``, ``outputs``
+        (tensor names) and ``run(values) -> outputs``."""
+        if stages not in STAGES:
+            raise BundleError(f"unknown stages {stages!r}; choose from {', '.join(STAGES)}")
+        self.power, self.flow_power = powers
+        self.names = [s.name for s in states]
+        index = {n: i for i, n in enumerate(self.names)}
+        output = {s.name: s.output for s in states}
+        self.run_order = chain["order"] if stages == "all" else chain["order"][:1]
+        self.parts = {}
+        for name in self.run_order:
+            session = sessions[name]
+            self.parts[name] = (session, [(index[st], session.outputs.index(output[st])) for st in chain["parts"][name]["states"]])
+        self.macs = {name: chain["parts"][name]["macs_per_frame"] for name in chain["order"]}
+        eps = chain["eps"]
+        self.seed = eps["seed"] if eps["generator"] == "splitmix64_box_muller" else None
+        self.states, self.stages = states, stages
+        self.reset_usage()
+
+    @classmethod
+    def open(cls, bundle: Bundle, backend: str, precision: str, threads: int = 1, stages: str = "all") -> "ChainRunner":
+        if backend not in SESSIONS:
+            raise BundleError(f"two-stage bundles run on {' or '.join(SESSIONS)}, not {backend}")
+        sessions = part_sessions(bundle, bundle.chain, backend, precision, threads)
+        t = bundle.manifest["transforms"]
+        return cls(bundle.chain, bundle.states, (t["features"]["power"], t["flow"]["power"]), sessions, stages)
+
+    def initial_state(self) -> list[np.ndarray]:
+        return [*(np.full(s.shape, s.init, np.float32) for s in self.states), np.zeros((), np.int64)]
+
+    def eps(self, t: int, bins: int) -> np.ndarray:
+        """The corrector's eps at frame ``t`` of a stream. Shape: -> [1, 2, 1, bins]"""
+        if self.seed is None:
+            return np.zeros((1, 2, 1, bins), np.float32)
+        return gaussian(self.seed, t, 1, bins)[0].T[None, :, None, :]
+
+    def run(self, frame: np.ndarray, states: list[np.ndarray]) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """Every stage's result for one frame: the student's ``mask`` and ``estimate``, the
+        corrector's ``corrected`` (its compressed domain) and ``enhanced`` (the estimate itself with
+        the student alone). Shape: frame [F, 2] -> each [F, 2]"""
+        t0 = time.perf_counter_ns()
+        env = {"features": compressed_features(frame, self.power)[:, None, :][None]}  # [1, 3, 1, F]
+        env.update(zip(self.names, states))
+        new = list(states)
+        self._run("student", env, new)
+        mask = bounded_mask(env["z"][0, :, 0, :])  # [F, 2]
+        out = {"mask": mask, "estimate": apply_mask(frame, mask)}
+        t1 = time.perf_counter_ns()
+        self.times["student"].append(t1 - t0)
+        if "corrector" in self.parts:
+            env["estimate"] = flow(out["estimate"], self.flow_power).T[None, :, None, :]  # [1, 2, 1, F]
+            env["noisy"] = flow(frame, self.flow_power).T[None, :, None, :]
+            env["eps"] = self.eps(int(states[-1]), len(frame))
+            self._run("corrector", env, new)
+            out["corrected"] = env["corrected"][0, :, 0, :].T  # [F, 2]
+            out["enhanced"] = unflow(out["corrected"], self.flow_power)
+            self.times["corrector"].append(time.perf_counter_ns() - t1)
+        else:
+            out["enhanced"] = out["estimate"]
+        new[-1] = states[-1] + 1
+        return out, new
+
+    def __call__(self, frame: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        out, new = self.run(frame, states)
+        return out["enhanced"], new
+
+    def _run(self, name: str, env: dict, new: list) -> None:
+        session, updates = self.parts[name]
+        res = session.run([env[n] for n in session.inputs])
+        env.update(zip(session.outputs, res))
+        for i, j in updates:
+            new[i] = res[j]
+
+    def usage(self) -> dict:
+        """The stages run since ``reset_usage``: per stage its MACs per frame and compute time per
+        frame (its graph and the float transforms around it), and the MACs a frame executed."""
+        per = {}
+        for name, macs in self.macs.items():
+            t = np.asarray(self.times.get(name, []), np.float64) / 1e3
+            times = {"mean": float(t.mean()), **{f"p{q}": float(np.percentile(t, q)) for q in (50, 95)}} if len(t) else None
+            per[name] = {"ran": name in self.parts, "macs_per_frame": macs, "compute_us": times}
+        return {"stages": self.stages, "frames": len(self.times["student"]), "per_stage": per,
+                "macs_per_frame": sum(self.macs[n] for n in self.parts), "macs_all_stages": sum(self.macs.values())}  # fmt: skip
+
+    def reset_usage(self) -> None:
+        self.times = {name: [] for name in self.parts}
+
+
 def _has(bundle: Bundle, format: str, precision: str) -> bool:
-    """Whether the bundle has a runnable ``format`` model at ``precision``; a gated bundle with only
-    some of its parts there is damaged, and refused."""
+    """Whether the bundle has a runnable ``format`` model at ``precision``: a plain bundle's model
+    file, or a gated or two-stage bundle's parts; a set with only some of its parts there is
+    damaged, and refused."""
     kinds = [e for e in bundle.files.values() if e.get("format") == format and e.get("precision") == precision]
-    if bundle.gating is None:
-        return any(e.get("kind") == "model" for e in kinds)
+    if any(e.get("kind") == "model" for e in kinds):
+        return True
     if not any(e.get("kind") == "part" for e in kinds):
         return False
     bundle.parts(format, precision)  # raises for an incomplete set
@@ -359,17 +504,23 @@ def choose_backend(bundle: Bundle, backend: str, precision: str) -> str:
     raise BundleError(f"{bundle.root}: no model at precision {precision} for any backend (this bundle has {', '.join(have)})")
 
 
-def open_runner(bundle: Bundle, backend: str, precision: str, threads: int = 1, gates: str = "policy") -> Runner | GatedRunner:
-    """The runner of one model of the bundle (a ``GatedRunner`` for a gated bundle), checked by one
-    step on silence. ``gates`` forces a gated bundle's branches ``on`` or ``off``."""
+def open_runner(bundle: Bundle, backend: str, precision: str, threads: int = 1, gates: str = "policy", stages: str | None = None) -> Runner | GatedRunner | ChainRunner:
+    """The runner of one model of the bundle (a ``GatedRunner`` for a gated bundle, a
+    ``ChainRunner`` for a two-stage one), checked by one step on silence. ``gates`` forces a gated
+    bundle's branches ``on`` or ``off``; ``stages`` picks a two-stage bundle's ``all`` (its default)
+    or ``student`` alone."""
     backend = choose_backend(bundle, backend, precision)
     if backend not in BACKENDS:
         raise BundleError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
     if bundle.gating is None and gates != "policy":
         raise BundleError(f"{bundle.root}: has no gates to force (it is not a gated bundle); leave out --gates")
+    if bundle.chain is None and stages is not None:
+        raise BundleError(f"{bundle.root}: has one stage (it is not a two-stage bundle); leave out --stages")
     try:
         if bundle.gating is not None:
             runner = GatedRunner.open(bundle, backend, precision, threads, gates)
+        elif bundle.chain is not None:
+            runner = ChainRunner.open(bundle, backend, precision, threads, stages or "all")
         else:
             cls = {"onnxruntime": OnnxRunner, "litert": LiteRTRunner, "pytorch": TorchRunner}[backend]
             runner = cls(bundle, bundle.model(FORMAT[backend], precision), threads)

@@ -20,6 +20,7 @@ SCHEMA = "tiny-denoise-bundle"
 SCHEMA_VERSION = 2  # 2: manifest_sha256, verification.model
 MANIFEST = "manifest.json"
 DIGEST = "manifest_sha256"
+EPS_GENERATORS = ("splitmix64_box_muller", "zero")  # a two-stage bundle's eps sources (runtime.noise)
 
 
 class BundleError(Exception):
@@ -117,18 +118,28 @@ class Bundle:
         for m in self.models():
             for key in ("input", "output", "states", "graph"):
                 m.io[key]
+        if self.gating is not None and self.chain is not None:
+            raise ValueError("gating and chain in one manifest; a bundle is gated or two-stage, not both")
         if self.gating is not None:
             self._check_gating()
+        if self.chain is not None:
+            self._check_chain()
 
     @property
     def gating(self) -> dict | None:
         """The gating protocol of a gated bundle (None for a plain one); see docs/slimming.md."""
         return self.manifest.get("gating")
 
+    @property
+    def chain(self) -> dict | None:
+        """The chain protocol of a two-stage bundle (student, then corrector; None for any other);
+        see docs/meco.md."""
+        return self.manifest.get("chain")
+
     def _check_gating(self) -> None:
         """The gating protocol is complete and consistent: every state owned by exactly one part,
         skip rules that split a branch's states, part files whose tensors are the protocol's."""
-        g, states = self.gating, {s.name: s for s in self.states}
+        g = self.gating
         branches = g["branches"]
         if not isinstance(branches, int) or branches < 1:
             raise ValueError(f"gating.branches must be a positive integer, not {branches!r}")
@@ -137,38 +148,71 @@ class Bundle:
         bands, width = g["energies"]["bands"], g["energies"]["width"]
         if not all(isinstance(v, int) and v >= 1 for v in (bands, width)) or bands * width > self.signal["bins"]:
             raise ValueError(f"gating.energies needs positive integers with bands * width <= {self.signal['bins']} bins")
+        self._check_parts("gating")
+        for name in g["order"]:
+            part = g["parts"][name]
+            if name.startswith("branch") and sorted(part["zeroed_when_skipped"] + part["held_when_skipped"]) != sorted(part["states"]):
+                raise ValueError(f"gating part {name}: zeroed_when_skipped and held_when_skipped must split its states")
+
+    def _check_chain(self) -> None:
+        """The chain protocol is the one runners follow: the student, then the corrector, with the
+        tensors they exchange under the names the protocol gives them, an eps source the runtime
+        can reproduce, the corrector's domain (flow power) and the parts' common checks."""
+        c = self.chain
+        if c["order"] != ["student", "corrector"]:
+            raise ValueError(f"chain.order {c['order']!r} is not student, corrector")
+        student, corrector = c["parts"]["student"], c["parts"]["corrector"]
+        if student["inputs"][:1] != ["features"] or student["outputs"][:1] != ["z"]:
+            raise ValueError("chain part student must take features first and give z first")
+        if corrector["inputs"][:3] != ["estimate", "noisy", "eps"] or corrector["outputs"][:1] != ["corrected"]:
+            raise ValueError("chain part corrector must take estimate, noisy and eps first and give corrected first")
+        eps = c["eps"]
+        if eps["generator"] not in EPS_GENERATORS:
+            raise ValueError(f"chain.eps.generator {eps['generator']!r} is not one of {', '.join(EPS_GENERATORS)}")
+        if eps["generator"] != "zero" and not (isinstance(eps["seed"], int) and 0 <= eps["seed"] < 2**64):
+            raise ValueError(f"chain.eps.seed must be an integer in [0, 2^64), not {eps['seed']!r}")
+        power = self.manifest["transforms"]["flow"]["power"]
+        if isinstance(power, bool) or not (isinstance(power, (int, float)) and 0 < power <= 1):
+            raise ValueError(f"transforms.flow.power must be in (0, 1], not {power!r}")
+        self._check_parts("chain")
+
+    def _check_parts(self, section: str) -> None:
+        """What gated and two-stage bundles share: per part, MACs as a non-negative integer and
+        states it reads and writes, each state owned by exactly one part; part files whose
+        tensors are their part's."""
+        g, states = self.manifest[section], {s.name: s for s in self.states}
         owner: dict[str, str] = {}
         for name in g["order"]:
             part = g["parts"][name]
             if not isinstance(part["macs_per_frame"], int) or part["macs_per_frame"] < 0:
-                raise ValueError(f"gating part {name}: macs_per_frame must be a non-negative integer")
+                raise ValueError(f"{section} part {name}: macs_per_frame must be a non-negative integer")
             for st in part["states"]:
                 if st not in states or st in owner:
-                    raise ValueError(f"gating part {name}: state {st!r} is unknown or owned by another part")
+                    raise ValueError(f"{section} part {name}: state {st!r} is unknown or owned by another part")
                 if st not in part["inputs"] or states[st].output not in part["outputs"]:
-                    raise ValueError(f"gating part {name}: state {st!r} is not one of its inputs with its output")
+                    raise ValueError(f"{section} part {name}: state {st!r} is not one of its inputs with its output")
                 owner[st] = name
-            if name.startswith("branch") and sorted(part["zeroed_when_skipped"] + part["held_when_skipped"]) != sorted(part["states"]):
-                raise ValueError(f"gating part {name}: zeroed_when_skipped and held_when_skipped must split its states")
         if set(owner) != set(states):
             raise ValueError(f"states without a part: {sorted(set(states) - set(owner))}")
         for file, entry in self.files.items():
             if entry.get("kind") == "part":
                 part = g["parts"][entry["part"]]
                 if [t["name"] for t in entry["io"]["inputs"]] != part["inputs"] or [t["name"] for t in entry["io"]["outputs"]] != part["outputs"]:
-                    raise ValueError(f"{file}: its tensors are not those of gating part {entry['part']}")
+                    raise ValueError(f"{file}: its tensors are not those of {section} part {entry['part']}")
 
     def parts(self, format: str, precision: str) -> dict[str, ModelFile]:
-        """A gated bundle's part files at one format and precision, by part name."""
+        """A gated or two-stage bundle's part files at one format and precision, by part name."""
         found = {
             e["part"]: ModelFile(self.root / name, e["format"], e["precision"], e["io"])
             for name, e in self.files.items()
             if e.get("kind") == "part" and e["format"] == format and e["precision"] == precision
         }
-        missing = [p for p in self.gating["order"] if p not in found]
-        if len(missing) == len(self.gating["order"]):
+        order = (self.gating or self.chain)["order"]
+        missing = [p for p in order if p not in found]
+        if len(missing) == len(order):
             have = sorted({f"{e['format']}/{e['precision']}" for e in self.files.values() if e.get("kind") == "part"})
-            raise BundleError(f"{self.root}: no {format} parts at precision {precision} (this gated bundle has {', '.join(have)})")
+            kind = "gated" if self.gating else "two-stage"
+            raise BundleError(f"{self.root}: no {format} parts at precision {precision} (this {kind} bundle has {', '.join(have)})")
         if missing:
             raise BundleError(f"{self.root}: the {format} {precision} set lacks part(s) {', '.join(missing)}; the bundle is incomplete, re-export it")
         return found

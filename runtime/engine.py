@@ -32,7 +32,7 @@ class Engine:
 
     ``atten_limit_db`` limits how much the model may suppress: the mask becomes
     ``g + (1 - g) * mask`` with ``g = 10 ** (-atten_limit_db / 20)``, i.e. a fraction ``g`` of the
-    noisy signal is always kept. ``band_gain``: after each ``process``, ``gains`` holds one gain
+    noisy signal is always kept (a two-stage bundle's enhanced spectrum Y becomes ``g X + (1 - g) Y``). ``band_gain``: after each ``process``, ``gains`` holds one gain
     per returned sample (see the module's docstring).
     """
 
@@ -51,6 +51,7 @@ class Engine:
         self.floor = 0.0 if atten_limit_db is None else float(10 ** (-atten_limit_db / 20))
         self.identity = np.zeros((sig["bins"], 2), np.float32)
         self.identity[:, 0] = 1.0
+        self.masked = runner.returns == "mask"  # else the runner returns the enhanced spectrum
         self.times_ns = np.zeros(1 << 16, np.int64)  # per-frame compute time, grown by doubling
         self.reset()
 
@@ -94,23 +95,26 @@ class Engine:
         t0 = time.perf_counter_ns()
         spec = fft.rfft(self.frame * self.window, self.n_fft)  # complex64 [F]
         self.last_frame = spec.view(np.float32).reshape(-1, 2)  # [F, 2]: kept for benchmarks to replay
-        mask, states = self.runner(self.last_frame, self.states)
-        if not np.isfinite(mask).all():  # a corrupted state would keep producing garbage
+        res, states = self.runner(self.last_frame, self.states)
+        if not np.isfinite(res).all():  # a corrupted state would keep producing garbage
             states = self.runner.initial_state()
-            mask = self.identity
+            res = self.identity if self.masked else self.last_frame
             self.state_resets += 1
         self.states = states
-        m = np.ascontiguousarray(mask, dtype=np.float32).view(np.complex64)[:, 0]
-        if self.floor:
-            m = self.floor + (1 - self.floor) * m
-        y = fft.irfft(spec * m, self.n_fft)[: self.win] * self.window
+        res = np.ascontiguousarray(res, dtype=np.float32).view(np.complex64)[:, 0]
+        if self.masked:
+            m = self.floor + (1 - self.floor) * res if self.floor else res
+            enhanced = spec * m
+        else:  # the runner's result is the enhanced spectrum itself (a two-stage bundle)
+            enhanced = self.floor * spec + (1 - self.floor) * res if self.floor else res
+        y = fft.irfft(enhanced, self.n_fft)[: self.win] * self.window
         self.ola += y
         out[:] = self.ola[: self.hop]
         self.ola[: -self.hop] = self.ola[self.hop :]
         self.ola[-self.hop :] = 0
         if self.band_gain:
             power = np.abs(spec[self.gain_bins]) ** 2  # [F / 2]
-            noisy, kept = float(power.sum()), float((power * np.abs(m[self.gain_bins]) ** 2).sum())
+            noisy, kept = float(power.sum()), float((np.abs(enhanced[self.gain_bins]) ** 2).sum())
             self.gain_ola += (np.sqrt(kept / noisy) if noisy > 1e-20 else 1.0) * self.weight
             gains[:] = self.gain_ola[: self.hop]
             self.gain_ola[: -self.hop] = self.gain_ola[self.hop :]

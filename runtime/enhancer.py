@@ -42,7 +42,8 @@ class Enhancer:
     ``backend``: ``auto`` (the fastest measured that the bundle has at ``precision``: LiteRT, else
     ONNX Runtime), ``litert``, ``onnxruntime`` or ``pytorch``. ``precision``: ``fp32``, ``int8`` or
     ``int8io``. ``sample_rate``: the caller's (default: the model's). ``atten_limit_db``: suppress by
-    at most this much. ``gates``: gated bundles only, see ``GatedRunner``.
+    at most this much. ``gates``: gated bundles only, see ``GatedRunner``. ``stages``: two-stage
+    bundles only, ``all`` (the default) or ``student`` (the corrector bypassed), see ``ChainRunner``.
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class Enhancer:
         threads: int = 1,
         gates: str = "policy",
         drop_high_band: bool = False,
+        stages: str | None = None,
     ):
         if atten_limit_db is not None and not (math.isfinite(atten_limit_db) and atten_limit_db >= 0):
             raise ValueError(f"atten_limit_db must be a finite number of dB >= 0, not {atten_limit_db!r}")
@@ -64,7 +66,7 @@ class Enhancer:
         self.bundle = open_bundle(model)
         self.backend = choose_backend(self.bundle, backend, precision)
         self.precision, self.threads, self.atten_limit_db = precision, threads, atten_limit_db
-        self.runner = open_runner(self.bundle, self.backend, precision, threads, gates)
+        self.runner = open_runner(self.bundle, self.backend, precision, threads, gates, stages)
         self.model_rate = self.bundle.signal["sample_rate"]
         self.drop_high_band = drop_high_band
         self.rate, self.channels = self.model_rate, 1

@@ -1,5 +1,6 @@
-"""What a streaming run measured: per-frame compute latency, real-time factor, latency, MACs,
-drop-outs and the machine, as a dict for JSON and a few lines for people."""
+"""What a streaming run measured: per-frame compute latency, real-time factor, latency, MACs (per
+stage and per-stage time for a two-stage bundle, gate usage for a gated one), drop-outs and the
+machine, as a dict for JSON and a few lines for people."""
 from __future__ import annotations
 
 import os
@@ -35,8 +36,9 @@ def build(engines: Engine | Sequence[Engine], backend: str, precision: str, thre
     t = np.concatenate([e.frame_times_us() for e in engines])
     frames_per_second = first.rate / first.hop
     pct = {f"p{q}": float(np.percentile(t, q)) if len(t) else None for q in (50, 95, 99)}
-    gating = first.runner.usage()  # a gated model executes only the parts its gates open
-    macs = gating["macs_per_frame"] if gating else first.macs_per_frame
+    usage = first.runner.usage()  # a gated model executes only the parts its gates open; a two-stage one the stages chosen
+    macs = usage["macs_per_frame"] if usage else first.macs_per_frame
+    kind = None if usage is None else "gating" if "gates" in usage else "chain"
     return {
         "backend": backend,
         "precision": precision,
@@ -48,7 +50,7 @@ def build(engines: Engine | Sequence[Engine], backend: str, precision: str, thre
         "algorithmic_latency_ms": first.latency_ms,
         "macs_per_frame": macs,
         "mmacs_per_second": macs * frames_per_second * len(engines) / 1e6,
-        **({"gating": gating} if gating else {}),
+        **({kind: usage} if usage else {}),
         "nonfinite_samples_replaced": sum(e.nonfinite_samples for e in engines),
         "state_resets": sum(e.state_resets for e in engines),
         "clipped_samples": 0,
@@ -74,6 +76,12 @@ def summary(r: dict) -> str:
     if r.get("gating"):
         g = r["gating"]
         lines.append(f"gates {g['gates']}: branch usage {', '.join(f'{u:.2f}' for u in g['branch_usage'])}; executed {g['mac_ratio']:.0%} of the all-on {g['macs_all_on'] / 1e3:.1f} k MACs/frame")
+    if r.get("chain"):
+        c = r["chain"]
+        stages = [f"{n} bypassed" if not s["ran"] else f"{n} {s['macs_per_frame'] / 1e3:.1f} k MACs/frame"
+                  + (f", mean {s['compute_us']['mean']:.0f} us, p95 {s['compute_us']['p95']:.0f} us" if s["compute_us"] else "")
+                  for n, s in c["per_stage"].items()]  # fmt: skip
+        lines.append(f"stages {c['stages']}: {'; '.join(stages)}")
     extras = [f"{k.replace('_', ' ')} {r[k]}" for k in ("input_overflows", "output_underflows", "nonfinite_samples_replaced", "state_resets", "clipped_samples") if r.get(k)]
     if extras:
         lines.append("; ".join(extras))

@@ -23,7 +23,7 @@ import numpy as np
 
 from runtime import models, report
 from runtime.audio import AudioError, check_audio_output, check_writable, list_audio, read_clip, write, write_wav_stream
-from runtime.backends import BACKENDS, GATE_MODES
+from runtime.backends import BACKENDS, GATE_MODES, STAGES
 from runtime.bundle import BundleError
 from runtime.enhancer import Enhancer
 
@@ -49,6 +49,7 @@ def parse_args(argv):
     p.add_argument("--precision", default="fp32", help="fp32, int8 (int8 inside, float I/O) or int8io (integer I/O)")
     p.add_argument("--threads", type=int, default=1, help="backend threads")
     p.add_argument("--gates", choices=GATE_MODES, default="policy", help="gated bundles: branches as the policy decides, or forced all on / all off")
+    p.add_argument("--stages", choices=STAGES, help="two-stage bundles: student then corrector (all, the default), or the student alone (A/B listening)")
     p.add_argument("--blocksize", type=int, default=160, help="samples per block (at the input's rate for files; any size)")
     p.add_argument("--atten-limit-db", type=float, help="suppress by at most this many dB (keeps some of the noisy signal)")
     p.add_argument("--drop-high-band", action="store_true", help="files above 16 kHz: drop the band above 8 kHz instead of keeping it, scaled by the model's gain")
@@ -238,7 +239,7 @@ def main(argv=None) -> int:
         if args.report:
             check_writable(args.report)
         enh = Enhancer(args.model, args.backend, args.precision, atten_limit_db=args.atten_limit_db, threads=args.threads, gates=args.gates,
-                       drop_high_band=args.drop_high_band)  # fmt: skip
+                       drop_high_band=args.drop_high_band, stages=args.stages)  # fmt: skip
         if args.mic:
             rep = run_mic(args, enh)
         elif folder:
