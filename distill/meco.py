@@ -41,6 +41,7 @@ from distill.meanflow import DSOConfig, dso_loss, from_flow, one_step, to_flow
 from distill.models import build, config_from_dict, config_to_dict, cost, model_name
 from distill.models.corrector import SIZES, Corrector
 from runtime.audio import AudioError
+from runtime.noise import gaussian
 
 NOISE_MODES = ("seeded", "zero")  # eps of the one-step inference: from a seeded generator, or none (z_1 = estimate)
 DATA_KEYS = {  # options of distill.train's parser that MeCo training takes (data, augmentation, validation sets)
@@ -58,6 +59,8 @@ class Chain(nn.Module):
         forward: spec [B, T, F, 2] -> enhanced spectrum [B, T, F, 2]
         enhance: wav [B, L] -> [B, L]
     """
+
+    returns = "spectrum"  # forward gives the enhanced spectrum itself, not a mask (export.verify reads this)
 
     def __init__(self, student: nn.Module, corrector: Corrector, noise: str = "seeded", seed: int = 0):
         super().__init__()
@@ -77,16 +80,25 @@ class Chain(nn.Module):
         p = self.corrector.config.compress
         return est, (to_flow(spec, p), to_flow(est, p))
 
+    def eps(self, like: torch.Tensor, noise: str | None = None) -> torch.Tensor | None:
+        """eps of the one-step inference per ``noise`` (the chain's own mode when None): None for
+        eps = 0, else every example the stream of ``runtime.noise.gaussian`` from ``seed``, the
+        generator a bundle's runtime feeds its corrector with, so both see the same eps.
+
+        Shape: like [B, T, F, 2] -> [B, T, F, 2]
+        """
+        if (noise or self.noise) != "seeded":
+            return None
+        B, T, F, _ = like.shape
+        return torch.from_numpy(gaussian(self.seed, 0, T, F)).to(like).expand(B, T, F, 2)
+
     def correct(self, noisy_c: torch.Tensor, est_c: torch.Tensor, noise: str | None = None) -> torch.Tensor:
         """One-step correction of compressed estimates, back in the linear domain; eps per
-        ``noise`` (the chain's own mode when None), seeded the same for every call.
+        ``noise`` (see ``eps``), the same for every call.
 
         Shape: [B, T, F, 2] -> [B, T, F, 2]
         """
-        eps = None
-        if (noise or self.noise) == "seeded":
-            eps = torch.randn(est_c.shape, generator=torch.Generator().manual_seed(self.seed)).to(est_c)
-        return from_flow(one_step(self.corrector, est_c, noisy_c, eps), self.corrector.config.compress)
+        return from_flow(one_step(self.corrector, est_c, noisy_c, self.eps(est_c, noise)), self.corrector.config.compress)
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
         _, (noisy_c, est_c) = self.estimates(spec)

@@ -182,11 +182,19 @@ class Corrector(nn.Module):
         B = frame.shape[0]
         r = frame.new_full((B,), self.config.t_eps) if r is None else r
         t = frame.new_ones(B) if t is None else t
-        enc_shift, dec_shift = self._shifts(r, t)
+        u, state = self.core_step(frame.permute(0, 2, 1).unsqueeze(2), state, self._shifts(r, t))  # [B, 2, 1, F]
+        return u[:, :, 0].transpose(1, 2), state  # [B, F, 2]
+
+    def core_step(self, x: torch.Tensor, state: tuple[torch.Tensor, ...], shifts: tuple[list[torch.Tensor], list[torch.Tensor]]):
+        """One frame of the network, channels first, with the time embedding's per-layer shifts
+        given: at inference (r, t) is fixed, so an export computes them once and folds them in.
+
+        Shape: x [B, 6, 1, F], shifts as ``_shifts`` -> (u [B, 2, 1, F], state)
+        """
+        enc_shift, dec_shift = shifts
         n_enc, n_dec = len(self.encoder), len(self.decoder)
         enc_prev, dec_prev, hidden = state[:n_enc], state[n_enc : n_enc + n_dec], state[n_enc + n_dec :]
         new_enc, new_dec, new_h = [], [None] * n_dec, []
-        x = frame.permute(0, 2, 1).unsqueeze(2)  # [B, 6, 1, F]
         skips = []
         for conv, shift, prev in zip(self.encoder, enc_shift, enc_prev):
             x, s = conv.step(x, prev)
@@ -202,4 +210,4 @@ class Corrector(nn.Module):
             x, new_dec[l] = self.decoder[l].step(x + self.skips[l](skips[l]), dec_prev[l])
             if l > 0:
                 x = self.act(x + dec_shift[l - 1])  # [B, C_{l-1}, 1, F_{l-1}]
-        return x[:, :, 0].transpose(1, 2), tuple(new_enc) + tuple(new_dec) + tuple(new_h)  # [B, F, 2]
+        return x, tuple(new_enc) + tuple(new_dec) + tuple(new_h)  # [B, 2, 1, F]
