@@ -2,7 +2,8 @@
 
 Writes ONNX and TFLite models (fp32 and int8, plus an integer-I/O TFLite for microcontrollers),
 its C array, golden vectors, ``manifest.json`` and a model card. A gated checkpoint becomes a gated
-bundle instead: the trunk, the policy and each branch as separate graphs (``export/gated.py``). The bundle is built in a temporary
+bundle instead: the trunk, the policy and each branch as separate graphs (``export/gated.py``); a
+corrector's checkpoint a two-stage bundle: its student, then the corrector (``export/chain.py``). The bundle is built in a temporary
 folder next to DIR and moved into place only when every check passed; a failed check prints a
 report and exits 1, leaving DIR as it was. What converters and quantisers print goes to
 ``DIR.export.log`` beside the bundle.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from distill import need_torch; need_torch("export", __name__)  # noqa: E702 (before torch is imported: names the extra to install)
 from distill import checkpoint
+from distill.meco import Chain, load_chain
 from distill.models.gated_crn import GatedCRN
 from export import log_to
 from runtime.audio import AudioError, list_audio, load
@@ -97,10 +99,12 @@ def main(argv=None) -> int:
     tmp = None
     try:
         _writable_parent(args.out, args.force)
-        model = checkpoint.load_model(args.checkpoint)
         payload = checkpoint.read(args.checkpoint)
-        if payload["model"]["name"] not in ("crn", "gated_crn"):  # a corrector or score model: no single-stage mask graph
-            raise ExportError(f"{args.checkpoint}: a {payload['model']['name']} checkpoint cannot be exported yet; bundles hold mask estimators (crn, gated_crn)")
+        kind = payload["model"]["name"]
+        if kind not in ("crn", "gated_crn", "corrector"):  # a score model: no streaming graph
+            raise ExportError(f"{args.checkpoint}: a {kind} checkpoint cannot be exported; bundles hold mask estimators (crn, gated_crn) "
+                              "or a student with its corrector (a corrector's checkpoint)")  # fmt: skip
+        model = load_chain(args.checkpoint) if kind == "corrector" else checkpoint.load_model(args.checkpoint)
         rate = model.config.stft.sample_rate
         parity = load(args.parity_audio, rate)
         from export import verify
@@ -152,6 +156,10 @@ def main(argv=None) -> int:
                 from export.gated import build_gated
 
                 manifest = build_gated(model, info, tmp, options)
+            elif isinstance(model, Chain):
+                from export.chain import build_chain
+
+                manifest = build_chain(model, info, tmp, options)
             else:
                 manifest = build(model, info, tmp, options)
     except (checkpoint.CheckpointError, AudioError, BundleError, ExportError) as e:
@@ -210,6 +218,14 @@ def report(manifest: dict) -> None:
                 print(f"  {name:{width}s} max abs error by gates: {err} (tolerance {r['tolerance']:g}) {_verdict(r['passed'])}")
             print(f"  {'':{width}s} branch usage from the policy {r['gates']['policy']['branch_usage']} (PyTorch {r['pytorch_branch_usage']})")
             continue
+        if "corrected_max_abs_error" in r:  # a two-stage bundle: the student's mask and the corrector's output
+            if r["tolerance"] is None:
+                print(f"  {name:{width}s} int8 vs fp32 SNR: mask {r['mask_snr_db']:.1f} dB, corrected {r['corrected_snr_db']:.1f} dB, enhanced "
+                      f"{r['enhanced_snr_db']:.1f} dB (not a pass/fail: int8 is judged by its quality below)")  # fmt: skip
+            else:
+                print(f"  {name:{width}s} max abs error: mask {r['mask_max_abs_error']:.2e}, corrected {r['corrected_max_abs_error']:.2e} "
+                      f"(tolerance {r['tolerance']:g}) {_verdict(r['passed'])}")  # fmt: skip
+            continue
         if r["tolerance"] is None:
             print(f"  {name:{width}s} {_int8_parity(r['mask_snr_db'])}")
         else:
@@ -225,6 +241,13 @@ def report(manifest: dict) -> None:
             f"  {name:{width}s} PESQ {r['pesq']:.3f} (drop {r['pesq_drop']:+.3f})  SI-SDR {r['si_sdr']:.2f} dB (drop {r['si_sdr_drop']:+.2f})  "
             f"correlation {r['correlation']:+.2f}  [{setting}] {_verdict(r['passed'])}"
         )
+    if "stages" in ver:
+        s = ver["stages"]
+        print(f"\nPyTorch fp32 on the same pairs (the bundle runs eps {s['eps']}):")
+        width = max(map(len, s))
+        for key, v in s.items():
+            if isinstance(v, dict):
+                print(f"  {key.replace('_', ' '):{width}s} PESQ {v['pesq']:.3f}  SI-SDR {v['si_sdr']:.2f} dB  correlation {v['correlation']:+.2f}")
     if "tflm" in ver:
         from export.verify_tflm import summary
 

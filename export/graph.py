@@ -1,6 +1,8 @@
 """The streaming step of a model as an exportable graph with named inputs and outputs."""
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 
@@ -47,11 +49,12 @@ class SplitTransposeConv(nn.Module):
 
 
 def prepare(model: nn.Module, tflite: bool = False) -> nn.Module:
-    """An eval-mode copy for export with BatchNorm folded. For TFLite also LeakyReLU as a maximum
-    and transposed convolutions split into plain ones (see the classes above)."""
-    m = model.fold_batchnorm()
+    """An eval-mode copy for export with BatchNorm folded (a corrector has none). For TFLite also
+    LeakyReLU as a maximum and transposed convolutions split into plain ones (see the classes above)."""
+    m = model.fold_batchnorm() if hasattr(model, "fold_batchnorm") else copy.deepcopy(model).eval()
     if tflite:
-        m.act = MaxLeakyReLU(m.config.slope)
+        if isinstance(m.act, nn.LeakyReLU):
+            m.act = MaxLeakyReLU(m.config.slope)
         for part in [m, *getattr(m, "branches", ())]:  # a gated model's branches have decoders too
             for layer in part.decoder:
                 layer.conv = SplitTransposeConv(layer.conv, layer.out_bins)

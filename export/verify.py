@@ -18,8 +18,8 @@ from runtime.backends import Runner
 
 
 def stream(runner: Runner, spec: np.ndarray) -> np.ndarray:
-    """Masks of a whole signal, one frame at a time with the runner's states fed back.
-    Shape: spec [T, F, 2] -> [T, F, 2]"""
+    """Masks of a whole signal (enhanced spectra where the runner ``returns`` them), one frame at
+    a time with the runner's states fed back. Shape: spec [T, F, 2] -> [T, F, 2]"""
     states = runner.initial_state()
     masks = np.empty_like(spec)
     for t in range(len(spec)):
@@ -48,9 +48,11 @@ def correlation(estimate: np.ndarray, clean: np.ndarray) -> float:
     return float(a @ b) / denom if denom > 0 else float("nan")
 
 
-def enhance(model: nn.Module, spec: np.ndarray, masks: np.ndarray, length: int) -> np.ndarray:
-    s, m = torch.from_numpy(spec)[None], torch.from_numpy(masks)[None]
-    return istft(apply_mask(s, m), model.config.stft, length)[0].numpy()
+def enhance(model: nn.Module, spec: np.ndarray, out: np.ndarray, length: int, returns: str = "mask") -> np.ndarray:
+    """The waveform of a model's (or runner's) output per frame: a mask applied to ``spec``, or the
+    enhanced spectrum itself (``returns="spectrum"``: a two-stage chain)."""
+    s, o = torch.from_numpy(spec)[None], torch.from_numpy(out)[None]
+    return istft(apply_mask(s, o) if returns == "mask" else o, model.config.stft, length)[0].numpy()
 
 
 def quality(model: nn.Module, runners: dict[str, Runner], pairs: list[tuple[np.ndarray, np.ndarray]], reference: dict | None = None) -> dict:
@@ -66,7 +68,7 @@ def quality(model: nn.Module, runners: dict[str, Runner], pairs: list[tuple[np.n
             with torch.no_grad():
                 outs["pytorch"] = predict_mask(model, torch.from_numpy(spec)[None])[0].numpy()
         for name, masks in outs.items():
-            est = enhance(model, spec, masks, len(noisy))
+            est = enhance(model, spec, masks, len(noisy), getattr(runners.get(name, model), "returns", "mask"))
             scores[name].append((metrics.pesq_wb(est, clean), metrics.si_sdr(est, clean), correlation(est, clean)))
     out = {n: {"pesq": float(np.nanmean([p for p, _, _ in v])), "si_sdr": float(np.mean([s for _, s, _ in v])), "correlation": float(np.mean([c for _, _, c in v]))}
            for n, v in scores.items()}  # fmt: skip
