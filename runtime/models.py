@@ -64,7 +64,7 @@ def describe(bundle: Bundle) -> dict:
         "params": m.get("params"),
         "macs_per_frame": m.get("macs_per_frame"),
         "mmacs_per_second": m.get("mmacs_per_second"),
-        "gated": bundle.gating is not None,
+        "kind": "gated" if bundle.gating is not None else "two-stage" if bundle.chain is not None else "plain",
         "files": sorted({f"{e['format']}/{e['precision']}" for e in files}),
         "quality": {k: v for k, v in quality.get("reference", {}).items() if isinstance(v, (int, float))},
         "quality_set": f"{quality['devset']}, {quality['files']} files" if {"devset", "files"} <= set(quality) else None,
@@ -83,10 +83,9 @@ def listing() -> str:
         quality = ", ".join(f"{k} {v:.2f}" for k, v in d["quality"].items()) or "-"
         if d["quality_set"]:
             quality += f" ({d['quality_set']})"
-        kind = "gated" if d["gated"] else "plain"
         precisions = ", ".join(sorted({f.split("/")[1] for f in d["files"]}))
         rows.append(
-            f"| {name} | {kind} | {d['params'] / 1e3:.1f} k | {d['macs_per_frame'] / 1e3:.1f} k | {d['mmacs_per_second']:.1f} | {precisions} | {quality} |"
+            f"| {name} | {d['kind']} | {d['params'] / 1e3:.1f} k | {d['macs_per_frame'] / 1e3:.1f} k | {d['mmacs_per_second']:.1f} | {precisions} | {quality} |"
         )
     head = ["| model | kind | params | MACs/frame | MMAC/s | precisions | quality (fp32, as its export measured it) |", "|---|---|---:|---:|---:|---|---|"]
     return "\n".join(head + rows) + f"\n\nshipped in {SHIPPED}; pass a name or a folder to --model"
