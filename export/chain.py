@@ -91,12 +91,14 @@ class CorrectorPart(nn.Module):
 def parts(chain: Chain, tflite: bool = False) -> dict[str, Part]:
     """The graphs of a chain in call order; state tensors are named after their stage."""
     bins = chain.config.stft.bins
+    stages = (("student", Core(prepare(chain.student, tflite)), ["features"], ["z"]),
+              ("corrector", CorrectorPart(prepare(chain.corrector, tflite)), ["estimate", "noisy", "eps"], ["corrected"]))
     out = {}
-    for name, module, first_in, first_out in (("student", Core(prepare(chain.student, tflite)), ["features"], ["z"]),
-                                              ("corrector", CorrectorPart(prepare(chain.corrector, tflite)), ["estimate", "noisy", "eps"], ["corrected"])):  # fmt: skip
+    for name, module, first_in, first_out in stages:
         model = module.model
         states = [f"{name}_{s}" for s in model.state_names()]
-        firsts = tuple(torch.zeros(1, 3 if name == "student" else 2, 1, bins) for _ in first_in)  # one tensor per input: exporters merge aliased ones
+        # one tensor per input: exporters merge aliased ones
+        firsts = tuple(torch.zeros(1, 3 if name == "student" else 2, 1, bins) for _ in first_in)
         out[name] = Part(module, [*first_in, *states], [*first_out, *(f"{s}_out" for s in states)], (*firsts, *model.initial_state(1)))
     return out
 
@@ -115,8 +117,8 @@ def section(chain: Chain, graphs: dict[str, Part]) -> dict:
     tensors, states, MACs and model; how the tensors between the stages are made; the eps input
     and its generator."""
     c = chain.corrector.config
-    macs = {"student": cost(chain.student).macs_per_frame,
-            "corrector": _count_macs(list(graphs["corrector"].module.modules()), lambda: graphs["corrector"].module(*graphs["corrector"].example))}  # fmt: skip
+    part = graphs["corrector"]
+    macs = {"student": cost(chain.student).macs_per_frame, "corrector": _count_macs(list(part.module.modules()), lambda: part.module(*part.example))}
     out = {"order": list(graphs), "parts": {}}
     for (name, p), model in zip(graphs.items(), (chain.student, chain.corrector)):
         out["parts"][name] = {
@@ -146,7 +148,9 @@ def section(chain: Chain, graphs: dict[str, Part]) -> dict:
 
 
 def state_specs(graphs: dict[str, Part]) -> tuple[StateSpec, ...]:
-    return tuple(StateSpec(n, f"{n}_out", tuple(v.shape), 0.0) for p in graphs.values() for n, v in zip(p.inputs, p.example) if f"{n}_out" in p.outputs)
+    return tuple(
+        StateSpec(n, f"{n}_out", tuple(v.shape), 0.0) for p in graphs.values() for n, v in zip(p.inputs, p.example) if f"{n}_out" in p.outputs
+    )
 
 
 def torch_runner(chain: Chain, section: dict, graphs: dict[str, Part], records: dict | None = None) -> ChainRunner:
@@ -178,7 +182,7 @@ def reference(chain: Chain, spec: np.ndarray) -> dict[str, np.ndarray]:
             "enhanced": from_flow(corrected, chain.corrector.config.compress)[0].numpy()}  # fmt: skip
 
 
-def _calibration_samples(chain: Chain, section: dict, graphs: dict[str, Part], signals: list[np.ndarray], limit: int) -> dict[str, list[dict]]:
+def _calibration_samples(chain: Chain, section: dict, graphs: dict[str, Part], signals: list[np.ndarray], limit: int) -> dict:
     """Inputs of every part while streaming real audio through the chain, ``limit`` frames per
     part spread over the signals. eps is always drawn (also for a bundle that runs with eps = 0):
     its range must be calibrated, and zero is exact in any asymmetric int8 range."""
@@ -239,7 +243,8 @@ def build_chain(chain: Chain, checkpoint_info: dict, out: Path, opt: Options) ->
                 label, scopes = attempt
                 dst = out / f"{name}.int8.onnx"
                 info = to_onnx.quantize_int8(src, dst, samples[name], scopes)
-                add(dst.name, "part", part=name, format=fmt, precision="int8", io=io(p), ops=to_onnx.op_list(dst), quantization={**info, "setting": label})
+                add(dst.name, "part", part=name, format=fmt, precision="int8", io=io(p), ops=to_onnx.op_list(dst),
+                    quantization={**info, "setting": label})  # fmt: skip
                 continue
             from export import to_tflite
 
@@ -250,10 +255,11 @@ def build_chain(chain: Chain, checkpoint_info: dict, out: Path, opt: Options) ->
                 info = to_tflite.quantize(src, dst, samples[name], integer_io=integer, state_pairs=pairs, activation_bits=bits, wide=wide)
                 if integer:
                     details = to_tflite.io_details(dst)
-                    tensors = {"inputs": [{"name": n, **details[n]} for n in p.inputs], "outputs": [{"name": n, **details[n]} for n in p.outputs]}
+                    tensors = {side: [{"name": n, **details[n]} for n in names] for side, names in (("inputs", p.inputs), ("outputs", p.outputs))}
                 else:
                     tensors = io(p)
-                add(dst.name, "part", part=name, format=fmt, precision=precision, io=tensors, ops=to_tflite.op_list(dst), quantization={**info, "setting": label})
+                add(dst.name, "part", part=name, format=fmt, precision=precision, io=tensors, ops=to_tflite.op_list(dst),
+                    quantization={**info, "setting": label})  # fmt: skip
 
     for fmt in opt.formats:
         log(f"{fmt}: quantising both stages ({ATTEMPTS[fmt][0][0]})")
@@ -364,7 +370,8 @@ def _golden(out: Path, frames: np.ndarray, bundle: Bundle, sec: dict, files: dic
                     session = SESSIONS["litert"](f.path, sec["parts"][name]["inputs"], sec["parts"][name]["outputs"], 1)
                 sessions[name] = IntegerSession(session, f.io, calls[name])
         t = bundle.manifest["transforms"]
-        arrays[f"enhanced_{precision}"] = verify.stream(ChainRunner(sec, bundle.states, (t["features"]["power"], t["flow"]["power"]), sessions), frames)
+        runner = ChainRunner(sec, bundle.states, (t["features"]["power"], t["flow"]["power"]), sessions)
+        arrays[f"enhanced_{precision}"] = verify.stream(runner, frames)
         for name, c in calls.items():
             stem = name if precision == "int8" else f"{name}.int8io"
             path = _save_calls(out, stem, files[f"{name}.{precision}.tflite"]["io"], c, list(range(n)))

@@ -504,7 +504,9 @@ def choose_backend(bundle: Bundle, backend: str, precision: str) -> str:
     raise BundleError(f"{bundle.root}: no model at precision {precision} for any backend (this bundle has {', '.join(have)})")
 
 
-def open_runner(bundle: Bundle, backend: str, precision: str, threads: int = 1, gates: str = "policy", stages: str | None = None) -> Runner | GatedRunner | ChainRunner:
+def open_runner(
+    bundle: Bundle, backend: str, precision: str, threads: int = 1, gates: str = "policy", stages: str | None = None
+) -> Runner | GatedRunner | ChainRunner:
     """The runner of one model of the bundle (a ``GatedRunner`` for a gated bundle, a
     ``ChainRunner`` for a two-stage one), checked by one step on silence. ``gates`` forces a gated
     bundle's branches ``on`` or ``off``; ``stages`` picks a two-stage bundle's ``all`` (its default)
