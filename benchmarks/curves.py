@@ -1,12 +1,17 @@
 """Validation curves of training runs: SI-SDR on dev and dev-ood against steps, from each run's
 ``val.csv``. ``python -m benchmarks.curves runs/teacher13 runs/student13 --out DIR`` writes
-``curves.md`` (a table per run) and ``curves.png`` (one panel per set)."""
+``curves.md`` (a table per run) and ``curves.png`` (one panel per set). ``--reference gtcrn``
+(repeatable; any ``--teacher`` form of ``distill.train``: a peer, a bundle, a checkpoint) scores
+that enhancer and the noisy input on the very validation files of the first run, drawn as
+horizontal lines: where a curve crosses a peer's line on the same files."""
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 COLUMNS = {"val_sisdr": "dev", "ood_sisdr": "dev-ood"}  # val.csv column -> set shown
 
@@ -36,7 +41,40 @@ def table(name: str, curve: dict[str, list[tuple[int, float]]]) -> str:
     return "\n".join(lines)
 
 
-def plot(curves: dict[str, dict], path: Path) -> None:
+def reference_scores(run: Path, names: list[str], peers: str) -> dict[str, dict[str, float]]:
+    """Mean SI-SDR (dB) of the noisy input and of each named enhancer on the validation files
+    ``run`` used (its ``args.json``): {name: {set: dB}}. Raises TeacherError or OSError."""
+    import numpy as np
+    import torch
+
+    from distill import teachers, train
+    from distill.losses import si_sdr
+
+    a = json.loads((run / "args.json").read_text())
+    files = SimpleNamespace(val_files=a["val_files"], val_dir=None)
+    enhancers = {name: teachers.resolve(name, peers).open() for name in names}
+    scores: dict[str, dict[str, float]] = {}
+    for col, set_name in COLUMNS.items():
+        folder = a.get({"val_sisdr": "val_dir", "ood_sisdr": "val_ood"}[col])
+        if not folder:
+            continue
+        val = train.validation_set(files, None, teachers.RATE, folder)
+        clean = [torch.from_numpy(c)[None] for _, c in val]
+        outputs = {"noisy input": [n for n, _ in val], **{k: [t.enhance(n[None])[0] for n, _ in val] for k, t in enhancers.items()}}
+        for name, est in outputs.items():
+            scores.setdefault(name, {})[set_name] = float(np.mean([si_sdr(torch.from_numpy(e)[None], c).item() for e, c in zip(est, clean)]))
+    return scores
+
+
+def reference_table(scores: dict[str, dict[str, float]], run: Path) -> str:
+    sets = [s for s in COLUMNS.values() if any(s in v for v in scores.values())]
+    lines = [f"### references, on {run.name}'s validation files", "", "| enhancer | " + " | ".join(f"{s} SI-SDR (dB)" for s in sets) + " |",
+             "|---|" + "---:|" * len(sets)]  # fmt: skip
+    lines += [f"| {name} | " + " | ".join(f"{v[s]:.2f}" if s in v else "" for s in sets) + " |" for name, v in scores.items()]
+    return "\n".join(lines)
+
+
+def plot(curves: dict[str, dict], path: Path, references: dict[str, dict[str, float]] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,6 +87,9 @@ def plot(curves: dict[str, dict], path: Path) -> None:
             if s in curve:
                 steps, values = zip(*curve[s])
                 ax.plot(steps, values, marker="o", ms=3, label=name)
+        for i, (name, v) in enumerate((references or {}).items()):
+            if s in v:
+                ax.axhline(v[s], color=f"C{len(curves) + i}", linestyle="--", linewidth=1, label=name)
         ax.set_title(f"{s}: validation SI-SDR")
         ax.set_xlabel("training step")
         ax.set_ylabel("SI-SDR (dB)")
@@ -64,16 +105,28 @@ def main(argv=None) -> int:
     p.add_argument("runs", nargs="+", type=Path, help="training run folders (with val.csv)")
     p.add_argument("--out", type=Path, required=True, help="folder for curves.md and curves.png")
     p.add_argument("--no-plot", action="store_true", help="table only (no matplotlib needed)")
+    p.add_argument("--reference", action="append", default=[], metavar="ENHANCER",
+                   help="a peer (gtcrn, rnnoise, ...), bundle or checkpoint scored on the first run's validation files; repeatable")
+    p.add_argument("--peers", default="../shared/peers", metavar="DIR", help="folder of the peer models (for --reference)")
     args = p.parse_args(argv)
+    references = {}
     try:
         curves = {run.name: read_curve(run) for run in args.runs}
+        if args.reference:
+            from distill.teachers import TeacherError
+
+            try:
+                references = reference_scores(args.runs[0], args.reference, args.peers)
+            except TeacherError as e:
+                raise ValueError(str(e).replace("--teacher", "--reference")) from None
         args.out.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    (args.out / "curves.md").write_text("\n\n".join(table(n, c) for n, c in curves.items()) + "\n")
+    tables = [table(n, c) for n, c in curves.items()] + ([reference_table(references, args.runs[0])] if references else [])
+    (args.out / "curves.md").write_text("\n\n".join(tables) + "\n")
     if not args.no_plot:
-        plot(curves, args.out / "curves.png")
+        plot(curves, args.out / "curves.png", references)
     print(f"wrote {args.out}/curves.md" + ("" if args.no_plot else " and curves.png"))
     return 0
 

@@ -189,3 +189,25 @@ def test_curves_from_val_logs(tmp_path):
     md = (tmp_path / "out" / "curves.md").read_text()
     assert "| 1000 | 4.00 | 2.25 |" in md and (tmp_path / "out" / "curves.png").stat().st_size > 0
     assert curves.main([str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
+
+
+def test_curves_reference_lines_are_scored_on_the_runs_validation_files(small_checkpoint, small_devset, tmp_path, capsys):
+    import torch
+
+    from benchmarks import curves
+    from distill.losses import si_sdr
+    from runtime.audio import load
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "val.csv").write_text("step,time,val_sisdr,val_sisdri\n500,1,3.0,1\n")
+    (run / "args.json").write_text(json.dumps({"val_dir": str(small_devset), "val_ood": None, "val_files": 1}))
+    assert curves.main([str(run), "--out", str(tmp_path / "out"), "--reference", str(small_checkpoint)]) == 0
+    md = (tmp_path / "out" / "curves.md").read_text()
+    first = sorted((small_devset / "noisy").iterdir())[0]  # one file taken evenly: the first
+    noisy, clean = (torch.from_numpy(load(d / first.name, 16000))[None] for d in (small_devset / "noisy", small_devset / "clean"))
+    assert f"| noisy input | {si_sdr(noisy, clean).item():.2f} |" in md
+    assert f"| {small_checkpoint} | " in md
+    assert curves.main([str(run), "--out", str(tmp_path / "o2"), "--reference", "gtcrnn"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: --reference gtcrnn") and not (tmp_path / "o2").exists()
