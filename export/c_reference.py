@@ -1,5 +1,5 @@
-"""The plain-C reference of the streaming loop that ships in every bundle as ``firmware/``, and the
-golden audio that checks it.
+"""The plain-C reference of the streaming loop that ships in every plain and gated bundle as
+``firmware/``, and the golden audio that checks it.
 
 The C sources in ``export/c_reference/`` are fixed (docs/firmware.md describes their API): the
 plain loop (``denoise.c``) around ``model.int8io.tflite``, the gated loop (``denoise_gated.c``)

@@ -434,7 +434,7 @@ INTEGER_NOTE = (
 
 FIRMWARE_NOTE = (
     "`firmware/` is the whole streaming loop around these parts in plain C99 (`denoise_gated.h`: framing, FFT, features and "
-    "energies, the parts called as below with one caller-supplied invoke per part, requantisation, skipped branches' states, "
+    "energies, the parts chained as above with one caller-supplied invoke per part, requantisation, skipped branches' states, "
     "mask, overlap-add), `denoise_config.h` generated from this manifest, and `denoise_gated_replay`, which checks it against "
     "`golden/`: `audio_in.npy`, and the engine's output for it with these parts (`audio_out.npy`) and with every part call "
     "answered by its golden outputs (`audio_out_replay.npy`)."

@@ -11,6 +11,13 @@ bundle and a fresh export of the small student, each copied and given its firmwa
   ``model.int8io.tflite`` on LiteRT or on TensorFlow Lite Micro (``tflite_micro``): features,
   states and audio against the Python engine running the same interpreter.
 
+The gated loop (``denoise_gated.c``) likewise, on the shipped gated bundle (copied and given its
+firmware/ by ``c_reference.write_gated``) and on a fresh export of a small gated model (as the
+export wrote it): ``denoise_gated_replay`` makes exactly the golden part calls with the golden
+inputs and the golden gates, and gives the engine's audio; a wrong requantisation, a zeroed state
+held, a logit over its threshold and a broken golden folder each fail clearly; through ctypes with
+one interpreter per part it makes the runtime's calls and gives its audio.
+
 Skipped, with the reason, without a C compiler, LiteRT or tflite-micro.
 """
 import ctypes
