@@ -283,30 +283,52 @@ def part_sessions(bundle: Bundle, protocol: dict, backend: str, precision: str, 
     return sessions
 
 
-class GatedRunner:
+class PartsRunner:
+    """What the gated and the two-stage runners share: per part (in ``order``) its session and
+    which of its outputs become which states, and a part called on the frame's tensors by name."""
+
+    returns = "mask"
+
+    def __init__(self, protocol: dict, order: list[str], states: tuple[StateSpec, ...], sessions: dict):
+        """``protocol``: the manifest's gating or chain section; ``sessions``: per part, an object
+        with ``inputs``, ``outputs`` (tensor names) and ``run(values) -> outputs``."""
+        self.states, self.names = states, [s.name for s in states]
+        index = {n: i for i, n in enumerate(self.names)}
+        output = {s.name: s.output for s in states}
+        self.parts = {}
+        for name in order:
+            session = sessions[name]
+            self.parts[name] = (session, [(index[st], session.outputs.index(output[st])) for st in protocol["parts"][name]["states"]])
+
+    def initial_state(self) -> list[np.ndarray]:
+        return [np.full(s.shape, s.init, np.float32) for s in self.states]
+
+    def _run(self, name: str, env: dict, new: list) -> None:
+        """Part ``name`` on its inputs from ``env``, which gains its outputs; its states' new
+        values go into ``new``."""
+        session, updates = self.parts[name]
+        res = session.run([env[n] for n in session.inputs])
+        env.update(zip(session.outputs, res))
+        for i, j in updates:
+            new[i] = res[j]
+
+
+class GatedRunner(PartsRunner):
     """A gated bundle run as its manifest's gating protocol says: per frame the trunk, then the
     policy, then only the branches whose gate is open (the policy's ``logits > 0``, or all / none
     when ``gates`` forces them). A skipped branch's graph is not called at all. Counts gate usage
     and the MACs executed (trunk + policy + branches that ran).
     """
 
-    returns = "mask"
-
     def __init__(self, gating: dict, states: tuple[StateSpec, ...], power: float, sessions: dict, gates: str = "policy"):
         """``gating``: the manifest's gating section; ``sessions``: per part, an object with
         ``inputs``, ``outputs`` (tensor names) and ``run(values) -> outputs``."""
         if gates not in GATE_MODES:
             raise BundleError(f"unknown gate mode {gates!r}; choose from {', '.join(GATE_MODES)}")
+        super().__init__(gating, gating["order"], states, sessions)
         self.power = power
         self.bands, self.width = gating["energies"]["bands"], gating["energies"]["width"]
-        self.names = [s.name for s in states]
         index = {n: i for i, n in enumerate(self.names)}
-        self.parts = {}
-        output = {s.name: s.output for s in states}
-        for name in gating["order"]:
-            session = sessions[name]
-            updates = [(index[st], session.outputs.index(output[st])) for st in gating["parts"][name]["states"]]
-            self.parts[name] = (session, updates)
         self.branches = [n for n in gating["order"] if n.startswith("branch")]
         self.zeroed = [[index[st] for st in gating["parts"][b]["zeroed_when_skipped"]] for b in self.branches]
         self.zeros = [np.zeros(s.shape, np.float32) for s in states]
@@ -314,7 +336,6 @@ class GatedRunner:
         self.macs_branch = np.array([gating["parts"][b]["macs_per_frame"] for b in self.branches], np.int64)
         self.gates = gates
         self.forced = np.full(len(self.branches), gates == "on")
-        self.states = states
         self.reset_usage()
 
     @classmethod
@@ -324,9 +345,6 @@ class GatedRunner:
         sessions = part_sessions(bundle, bundle.gating, backend, precision, threads)
         power = bundle.manifest["transforms"]["features"]["power"]
         return cls(bundle.gating, bundle.states, power, sessions, gates)
-
-    def initial_state(self) -> list[np.ndarray]:
-        return [np.full(s.shape, s.init, np.float32) for s in self.states]
 
     def __call__(self, frame: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         env = {"features": compressed_features(frame, self.power)[:, None, :][None], "energies": band_energies(frame, self.bands, self.width)[None]}
@@ -348,13 +366,6 @@ class GatedRunner:
         self.macs += self.macs_fixed + int(self.macs_branch[on].sum())
         return bounded_mask(z[0, :, 0, :]), new
 
-    def _run(self, name: str, env: dict, new: list) -> None:
-        session, updates = self.parts[name]
-        res = session.run([env[n] for n in session.inputs])
-        env.update(zip(session.outputs, res))
-        for i, j in updates:
-            new[i] = res[j]
-
     def usage(self) -> dict:
         n = max(self.frames, 1)
         full = self.macs_fixed + int(self.macs_branch.sum())
@@ -375,7 +386,7 @@ class GatedRunner:
 STAGES = ("all", "student")
 
 
-class ChainRunner:
+class ChainRunner(PartsRunner):
     """A two-stage bundle run as its manifest's chain protocol says, frame by frame: the student's
     graph on the compressed features, its mask bound and applied to the frame (the student's
     estimate), then the corrector's graph on the estimate and the frame in its compressed domain
@@ -396,19 +407,13 @@ class ChainRunner:
         (tensor names) and ``run(values) -> outputs``."""
         if stages not in STAGES:
             raise BundleError(f"unknown stages {stages!r}; choose from {', '.join(STAGES)}")
-        self.power, self.flow_power = powers
-        self.names = [s.name for s in states]
-        index = {n: i for i, n in enumerate(self.names)}
-        output = {s.name: s.output for s in states}
         self.run_order = chain["order"] if stages == "all" else chain["order"][:1]
-        self.parts = {}
-        for name in self.run_order:
-            session = sessions[name]
-            self.parts[name] = (session, [(index[st], session.outputs.index(output[st])) for st in chain["parts"][name]["states"]])
+        super().__init__(chain, self.run_order, states, sessions)
+        self.power, self.flow_power = powers
         self.macs = {name: chain["parts"][name]["macs_per_frame"] for name in chain["order"]}
         eps = chain["eps"]
         self.seed = eps["seed"] if eps["generator"] == "splitmix64_box_muller" else None
-        self.states, self.stages = states, stages
+        self.stages = stages
         self.reset_usage()
 
     @classmethod
@@ -420,7 +425,7 @@ class ChainRunner:
         return cls(bundle.chain, bundle.states, (t["features"]["power"], t["flow"]["power"]), sessions, stages)
 
     def initial_state(self) -> list[np.ndarray]:
-        return [*(np.full(s.shape, s.init, np.float32) for s in self.states), np.zeros((), np.int64)]
+        return [*super().initial_state(), np.zeros((), np.int64)]
 
     def eps(self, t: int, bins: int) -> np.ndarray:
         """The corrector's eps at frame ``t`` of a stream. Shape: -> [1, 2, 1, bins]"""
@@ -457,13 +462,6 @@ class ChainRunner:
     def __call__(self, frame: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         out, new = self.run(frame, states)
         return out["enhanced"], new
-
-    def _run(self, name: str, env: dict, new: list) -> None:
-        session, updates = self.parts[name]
-        res = session.run([env[n] for n in session.inputs])
-        env.update(zip(session.outputs, res))
-        for i, j in updates:
-            new[i] = res[j]
 
     def usage(self) -> dict:
         """The stages run since ``reset_usage``: per stage its MACs per frame and compute time per
