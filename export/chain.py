@@ -30,8 +30,9 @@ from distill.meco import Chain
 from distill.models import _count_macs, config_to_dict, cost, model_name
 from export import build, calibration, firmware, quiet, verify, verify_tflm
 from export.build import ExportError, Options, check_card, passed
-from export.gated import PRECISIONS, Part, Recorder, TorchSession, _save_calls, _tensors
-from export.graph import Core, Named, prepare
+from export.gated import Recorder, TorchSession, _save_calls
+from export.graph import Core, prepare
+from export.parts import PRECISIONS, Part, c_models, export_fp32, quality_attempts, quantise_part
 from runtime.backends import SESSIONS, ChainRunner, IntegerSession, part_sessions
 from runtime.bundle import MANIFEST, Bundle, StateSpec, seal, sha256
 from runtime.noise import FORMULA, gaussian
@@ -212,54 +213,16 @@ def build_chain(chain: Chain, checkpoint_info: dict, out: Path, opt: Options) ->
     def add(name, kind, **info):
         files[name] = {"kind": kind, **info, "sha256": sha256(out / name), "bytes": (out / name).stat().st_size}
 
-    def io(p: Part) -> dict:
-        """Tensor names and shapes of a part; float32 throughout (int8 parts quantise inside)."""
-        with torch.no_grad():
-            results = p.module(*p.example)
-        return {"inputs": _tensors(p.inputs, p.example), "outputs": _tensors(p.outputs, results)}
-
     for fmt in opt.formats:
-        for name, p in graphs[fmt].items():
-            log(f"{fmt}: exporting {name} (fp32)")
-            path = out / f"{name}.{fmt}"
-            if fmt == "onnx":
-                from export import to_onnx
-
-                to_onnx.export_fp32(p.module, p.example, p.inputs, p.outputs, path, {"part": name, "chain_protocol": CHAIN_PROTOCOL})
-                ops = to_onnx.op_list(path)
-            else:
-                from export import to_tflite
-
-                to_tflite.convert(Named(p.module, p.inputs, p.outputs), dict(zip(p.inputs, p.example)), path)
-                ops = to_tflite.op_list(path)
-            add(path.name, "part", part=name, format=fmt, precision="fp32", io=io(p), ops=ops)
+        export_fp32(out, fmt, graphs[fmt], {"chain_protocol": CHAIN_PROTOCOL}, add, log)
 
     def quantise(fmt, attempt):
         for name, p in graphs[fmt].items():
-            src = out / f"{name}.{fmt}"
-            if fmt == "onnx":
-                from export import to_onnx
-
-                label, scopes = attempt
-                dst = out / f"{name}.int8.onnx"
-                info = to_onnx.quantize_int8(src, dst, samples[name], scopes)
-                add(dst.name, "part", part=name, format=fmt, precision="int8", io=io(p), ops=to_onnx.op_list(dst),
-                    quantization={**info, "setting": label})  # fmt: skip
-                continue
-            from export import to_tflite
-
-            label, bits, wide = attempt
             pairs = [(s, f"{s}_out") for s in sec["parts"][name]["states"]]
-            for precision, integer in (("int8", False), ("int8io", True)):
-                dst = out / f"{name}.{precision}.tflite"
-                info = to_tflite.quantize(src, dst, samples[name], integer_io=integer, state_pairs=pairs, activation_bits=bits, wide=wide)
-                if integer:
-                    details = to_tflite.io_details(dst)
-                    tensors = {side: [{"name": n, **details[n]} for n in names] for side, names in (("inputs", p.inputs), ("outputs", p.outputs))}
-                else:
-                    tensors = io(p)
-                add(dst.name, "part", part=name, format=fmt, precision=precision, io=tensors, ops=to_tflite.op_list(dst),
-                    quantization={**info, "setting": label})  # fmt: skip
+            for precision in PRECISIONS[fmt][1:]:
+                dst = out / f"{name}.{precision}.{fmt}"
+                fields = quantise_part(out / f"{name}.{fmt}", dst, p, samples[name], attempt, precision == "int8io", pairs)
+                add(dst.name, "part", part=name, format=fmt, precision=precision, **fields)
 
     for fmt in opt.formats:
         log(f"{fmt}: quantising both stages ({ATTEMPTS[fmt][0][0]})")
@@ -303,23 +266,7 @@ def build_chain(chain: Chain, checkpoint_info: dict, out: Path, opt: Options) ->
                 }  # fmt: skip
 
     ref_scores = opt.check["reference"]  # the PyTorch chain, fp32, with the bundle's eps
-    quality = verify.quality_record(opt, ref_scores)
-    for fmt in opt.formats:
-        for i, attempt in enumerate(ATTEMPTS[fmt]):
-            if i:
-                log(f"{fmt}: over budget, re-quantising ({attempt[0]})")
-                quantise(fmt, attempt)
-            bundle = open_bundle()
-            runners = {f"{fmt}/{precision}": runner(bundle, fmt, precision) for precision in PRECISIONS[fmt][1:]}
-            log(f"quality: {', '.join(runners)} chains ({attempt[0]}) on {len(opt.pairs)} pair(s)")
-            verdicts = verify.judge(verify.quality(chain, runners, opt.pairs, reference=ref_scores), opt.pesq_budget, opt.sisdr_budget)
-            for v in verdicts.values():
-                v["setting"] = attempt[0]
-            quality["attempts"].append({"format": fmt, "setting": attempt[0], "results": verdicts})
-            if all(v["passed"] for v in verdicts.values()):
-                break
-        quality["results"].update(verdicts)
-    verification["quality"] = quality
+    verification["quality"] = quality_attempts(chain, opt, ATTEMPTS, quantise, open_bundle, runner, "chains")
     check_parity()  # after quality, which may have re-quantised the int8 files
     log("eps = 0 and the student alone: PyTorch fp32 on the verification pairs")
     other = "zero" if chain.noise == "seeded" else "seeded"
@@ -332,12 +279,7 @@ def build_chain(chain: Chain, checkpoint_info: dict, out: Path, opt: Options) ->
 
     if "tflite" in opt.formats:
         log("firmware: C arrays of the int8 and int8io TFLite stages and golden vectors")
-        for name in graphs["tflite"]:
-            for precision in ("int8", "int8io"):
-                symbol, embeds = f"{name}_{precision}_tflite", f"{name}.{precision}.tflite"
-                firmware.c_model((out / embeds).read_bytes(), symbol, out / f"{symbol}.h", out / f"{symbol}.cc")
-                add(f"{symbol}.h", "c_header", embeds=embeds)
-                add(f"{symbol}.cc", "c_source", embeds=embeds, symbol=symbol, alignment=16)
+        c_models(out, graphs["tflite"], add)
         _golden(out, spec[: opt.golden_frames], open_bundle(), sec, files, add)
         write_manifest()  # the TFLM check reads the bundle as firmware's build would: sealed, checksums verified
         verify_tflm.record(out, files, verification, log)

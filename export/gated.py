@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,8 @@ from tqdm import tqdm
 from distill.models import gated_cost
 from export import build, c_reference, calibration, firmware, quiet, verify, verify_tflm
 from export.build import ExportError, Options, check_card, passed
-from export.graph import Named, prepare
+from export.graph import prepare
+from export.parts import PRECISIONS, Part, c_models, export_fp32, float_io, quality_attempts, quantise_part
 from runtime.backends import GATE_MODES, SESSIONS, GatedRunner, IntegerSession
 from runtime.bundle import MANIFEST, Bundle, StateSpec, seal, sha256
 
@@ -82,14 +82,6 @@ class BranchPart(nn.Module):
         n = self.n
         z, new = self.model.branch_step(self.k, args[:n], args[n : 2 * n], args[2 * n :])
         return (z, *new)
-
-
-@dataclass
-class Part:
-    module: nn.Module
-    inputs: list[str]
-    outputs: list[str]
-    example: tuple[torch.Tensor, ...]
 
 
 def parts(model: nn.Module) -> dict[str, Part]:
@@ -244,16 +236,11 @@ def _calibration_samples(model: nn.Module, signals: list[np.ndarray], limit: int
     return out
 
 
-def _tensors(names: list[str], values) -> list[dict]:
-    return [{"name": n, "shape": list(v.shape), "dtype": "float32"} for n, v in zip(names, values)]
-
-
 POLICY_FLOAT = (
     "the int8 sets keep the policy in float: an int8 policy flips gate decisions near the threshold, "
     "and the policy is about 1 % of the MACs (ai-edge-quantizer 0.10 also mis-types its last layer)"
 )
 GRU_SCOPES = ("model.gru",)  # the second ONNX attempt keeps the GRUs of the trunk (and branches) in float
-PRECISIONS = {"onnx": ("fp32", "int8"), "tflite": ("fp32", "int8", "int8io")}  # the sets of parts per format
 
 
 def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options) -> dict:
@@ -268,66 +255,27 @@ def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options
     def add(name, kind, **info):
         files[name] = {"kind": kind, **info, "sha256": sha256(out / name), "bytes": (out / name).stat().st_size}
 
-    def io(p: Part) -> dict:
-        """Tensor names and shapes of a part; float32 throughout (int8 parts quantise inside)."""
-        with torch.no_grad():
-            results = p.module(*p.example)
-        return {"inputs": _tensors(p.inputs, p.example), "outputs": _tensors(p.outputs, results)}
-
     graphs = {"onnx": parts(prepare(model)), "tflite": parts(prepare(model, tflite=True))}
     for fmt in opt.formats:
-        for name, p in graphs[fmt].items():
-            log(f"{fmt}: exporting {name} (fp32)")
-            path = out / f"{name}.{fmt}"
-            if fmt == "onnx":
-                from export import to_onnx
-
-                to_onnx.export_fp32(p.module, p.example, p.inputs, p.outputs, path, {"part": name, "gating_protocol": GATE_PROTOCOL})
-                ops = to_onnx.op_list(path)
-            else:
-                from export import to_tflite
-
-                to_tflite.convert(Named(p.module, p.inputs, p.outputs), dict(zip(p.inputs, p.example)), path)
-                ops = to_tflite.op_list(path)
-            add(path.name, "part", part=name, format=fmt, precision="fp32", io=io(p), ops=ops)
-
-    def quantise_integer(name, p, attempt):
-        """The part with integer inputs and outputs for microcontrollers, the way the plain export
-        makes model.int8io.tflite: same calibration, each state's output with its input's scale."""
-        from export import to_tflite
-
-        label, bits, wide = attempt
-        dst = out / f"{name}.int8io.tflite"
-        pairs = [(s, f"{s}_out") for s in section["parts"][name]["states"]]
-        info = to_tflite.quantize(out / f"{name}.tflite", dst, samples[name], integer_io=True, state_pairs=pairs, activation_bits=bits, wide=wide)
-        details = to_tflite.io_details(dst)
-        io = {"inputs": [{"name": n, **details[n]} for n in p.inputs], "outputs": [{"name": n, **details[n]} for n in p.outputs]}
-        add(dst.name, "part", part=name, format="tflite", precision="int8io", io=io, ops=to_tflite.op_list(dst), quantization={**info, "setting": label})
+        export_fp32(out, fmt, graphs[fmt], {"gating_protocol": GATE_PROTOCOL}, add, log)
 
     def quantise(fmt, attempt):
         for name, p in graphs[fmt].items():
             src, dst = out / f"{name}.{fmt}", out / f"{name}.int8.{fmt}"
             if fmt == "tflite":  # the integer set quantises the policy too: a microcontroller runs integers only
-                quantise_integer(name, p, attempt)
+                # as the plain export makes model.int8io.tflite: same calibration, each state's output with its input's scale
+                pairs = [(s, f"{s}_out") for s in section["parts"][name]["states"]]
+                fields = quantise_part(src, out / f"{name}.int8io.tflite", p, samples[name], attempt, True, pairs)
+                add(f"{name}.int8io.tflite", "part", part=name, format=fmt, precision="int8io", **fields)
             if name == "policy":
                 shutil.copyfile(src, dst)
-                add(dst.name, "part", part=name, format=fmt, precision="int8", io=io(p), ops=files[src.name]["ops"],
+                add(dst.name, "part", part=name, format=fmt, precision="int8", io=float_io(p), ops=files[src.name]["ops"],
                     quantization={"setting": "kept float", "reason": POLICY_FLOAT})  # fmt: skip
                 continue
-            if fmt == "onnx":
-                from export import to_onnx
-
-                label, keep = attempt
-                scopes = keep + tuple(f"model.branches.{k}.gru" for k in range(len(model.branches))) if keep else ()
-                info = to_onnx.quantize_int8(src, dst, samples[name], scopes)
-                ops = to_onnx.op_list(dst)
-            else:
-                from export import to_tflite
-
-                label, bits, wide = attempt
-                info = to_tflite.quantize(src, dst, samples[name], integer_io=False, activation_bits=bits, wide=wide)
-                ops = to_tflite.op_list(dst)
-            add(dst.name, "part", part=name, format=fmt, precision="int8", io=io(p), ops=ops, quantization={**info, "setting": label})
+            setting = attempt
+            if fmt == "onnx" and attempt[1]:
+                setting = (attempt[0], attempt[1] + tuple(f"model.branches.{k}.gru" for k in range(len(model.branches))))
+            add(dst.name, "part", part=name, format=fmt, precision="int8", **quantise_part(src, dst, p, samples[name], setting))
 
     attempts = {
         "onnx": [("int8", ()), ("int8, GRUs in float", GRU_SCOPES)],
@@ -376,34 +324,15 @@ def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options
                 pytorch_usage = refs["policy"][1].mean(0).round(4).tolist()
                 verification["parity"][f"{fmt}/{precision}"] = {"frames": len(spec), "tolerance": tol, "passed": bool(passed), "gates": res, "pytorch_branch_usage": pytorch_usage}
 
-    ref_scores = opt.check["reference"]  # PyTorch fp32 with the policy's gates
-    quality = verify.quality_record(opt, ref_scores)
-    for fmt in opt.formats:
-        for i, attempt in enumerate(attempts[fmt]):
-            if i:
-                log(f"{fmt}: over budget, re-quantising ({attempt[0]})")
-                quantise(fmt, attempt)
-            bundle = open_bundle()
-            runners = {f"{fmt}/{precision}": runner(bundle, fmt, precision) for precision in PRECISIONS[fmt][1:]}
-            log(f"quality: {', '.join(runners)} parts ({attempt[0]}) on {len(opt.pairs)} pair(s)")
-            verdicts = verify.judge(verify.quality(model, runners, opt.pairs, reference=ref_scores), opt.pesq_budget, opt.sisdr_budget)
-            for name, r in runners.items():
-                verdicts[name].update(branch_usage=r.usage()["branch_usage"], setting=attempt[0])
-            quality["attempts"].append({"format": fmt, "setting": attempt[0], "results": verdicts})
-            if all(v["passed"] for v in verdicts.values()):
-                break
-        quality["results"].update(verdicts)
-    verification["quality"] = quality
+    # judged against PyTorch fp32 with the policy's gates (opt.check["reference"])
+    verification["quality"] = quality_attempts(
+        model, opt, attempts, quantise, open_bundle, runner, "parts", lambda r: {"branch_usage": r.usage()["branch_usage"]}
+    )
     check_parity()  # after quality, which may have re-quantised the int8 files
 
     if "tflite" in opt.formats:
         log("firmware: C arrays of the int8 and int8io TFLite parts and golden vectors")
-        for name in graphs["tflite"]:
-            for precision in ("int8", "int8io"):
-                symbol, embeds = f"{name}_{precision}_tflite", f"{name}.{precision}.tflite"
-                firmware.c_model((out / embeds).read_bytes(), symbol, out / f"{symbol}.h", out / f"{symbol}.cc")
-                add(f"{symbol}.h", "c_header", embeds=embeds)
-                add(f"{symbol}.cc", "c_source", embeds=embeds, symbol=symbol, alignment=16)
+        c_models(out, graphs["tflite"], add)
         _golden(out, spec[: opt.golden_frames], runner(open_bundle(), "tflite", "int8"), files, add)
         _golden_integer(out, spec[: opt.golden_frames], open_bundle(), files, add)
         log("firmware: the C loop around the int8io parts (firmware/) and its golden audio")
