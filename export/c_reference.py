@@ -328,9 +328,9 @@ def write(out: Path, runner: Runner, audio: np.ndarray, add) -> None:
 class GoldenCalls:
     """One int8io part behind the session interface, returning the outputs of its next golden call
     (``golden/<part>.int8io.npz``) instead of running; checks that the call comes on the frame the
-    golden call was made on."""
+    golden call was made on (``replay.given``: the frames so far)."""
 
-    def __init__(self, replay: "GatedReplay", name: str, inputs: list[str], outputs: list[str], calls: dict[str, np.ndarray]):
+    def __init__(self, replay: "GoldenReplay", name: str, inputs: list[str], outputs: list[str], calls: dict[str, np.ndarray]):
         self.replay, self.name, self.inputs, self.outputs, self.calls = replay, name, inputs, outputs, calls
         self.n = 0
 
@@ -340,29 +340,65 @@ class GoldenCalls:
         t, frames = len(self.replay.given) - 1, self.calls["frames"]
         if self.n >= len(frames) or frames[self.n] != t:
             made = f"call {self.n} was made on frame {frames[self.n]}" if self.n < len(frames) else f"all {len(frames)} calls are used up"
-            raise ExportError(f"{self.name} is called on frame {t} but its golden {made}; the golden calls and the gating protocol disagree")
+            raise ExportError(f"{self.name} is called on frame {t} but its golden {made}; the golden calls and the {self.replay.protocol} protocol disagree")
         self.n += 1
         return [self.calls[n][self.n - 1] for n in self.outputs]
 
 
-class GatedReplay(GatedRunner):
-    """The gating protocol on the int8io parts with every part call answered by its golden outputs;
-    keeps the frames the engine gives it."""
+class GoldenReplay:
+    """A runner of a bundle's int8io parts (``protocol``: its manifest section) whose every part
+    call is answered by its golden outputs; keeps the frames the engine gives it."""
 
-    def __init__(self, bundle: Bundle):
-        self.given: list[np.ndarray] = []  # the frames the engine gave (GatedRunner counts its own "frames")
-        self.golden = {}
-        sessions = {}
+    protocol = ""
+
+    def _golden_sessions(self, bundle: Bundle) -> dict:
+        """Per part a ``GoldenCalls`` (in ``golden``) behind its ``IntegerSession``."""
+        self.given: list[np.ndarray] = []  # the frames the engine gave (a GatedRunner counts its own "frames")
+        self.golden, sessions, section = {}, {}, bundle.manifest[self.protocol]
         for name, f in bundle.parts("tflite", "int8io").items():
             with np.load(bundle.root / bundle.files[f.path.name]["golden"]["file"]) as z:
                 calls = dict(z)
-            self.golden[name] = GoldenCalls(self, name, bundle.gating["parts"][name]["inputs"], bundle.gating["parts"][name]["outputs"], calls)
+            self.golden[name] = GoldenCalls(self, name, section["parts"][name]["inputs"], section["parts"][name]["outputs"], calls)
             sessions[name] = IntegerSession(self.golden[name], f.io)
-        super().__init__(bundle.gating, bundle.states, bundle.manifest["transforms"]["features"]["power"], sessions)
+        return sessions
 
     def __call__(self, frame, states):
         self.given.append(frame.copy())  # [F, 2]
         return super().__call__(frame, states)
+
+
+class GatedReplay(GoldenReplay, GatedRunner):
+    """The gating protocol on the int8io parts, every part call answered by its golden outputs."""
+
+    protocol = "gating"
+
+    def __init__(self, bundle: Bundle):
+        super().__init__(bundle.gating, bundle.states, bundle.manifest["transforms"]["features"]["power"], self._golden_sessions(bundle))
+
+
+def _write_replayed(out: Path, bundle: Bundle, config: str, replay: GoldenReplay, runner, audio: np.ndarray, files: tuple[str, ...], add) -> None:
+    """The golden audio and ``firmware/`` (``files`` and ``config``) of a bundle of int8io parts:
+    ``replay`` answers every part call with its golden outputs, and must make every golden call;
+    ``runner`` chains the parts on LiteRT.
+
+    Shape: audio [L]; writes audio_in, audio_out, audio_out_replay [T * hop] for T golden frames.
+    """
+    from export.build import ExportError
+
+    frames, audio_in = _audio_in(out / "golden", bundle.signal["hop"], audio)
+    audio_replay = Engine(bundle, replay).process(audio_in)  # [T * hop]
+    _check_frames(replay.given, frames)
+    unused = [f"{n} ({len(c.calls['frames']) - c.n} of {len(c.calls['frames'])})" for n, c in replay.golden.items() if c.n != len(c.calls["frames"])]
+    if unused:
+        raise ExportError(f"golden calls the {replay.protocol} protocol did not make: {', '.join(unused)}; the golden calls and the protocol disagree")
+    audio_out = Engine(bundle, runner).process(audio_in)  # [T * hop]
+    about = {
+        "audio_in": "parity audio, first frames = the golden frames",
+        "audio_out": f"the engine's output stream for audio_in with the {PARTS} parts chained by {replay.protocol}.integer_io (LiteRT)",
+        "audio_out_replay": "the engine's output stream for audio_in, each part call answered by its golden outputs (<part>.int8io.npz)",
+    }
+    audio = {"audio_in": audio_in, "audio_out": audio_out, "audio_out_replay": audio_replay}
+    _write(out, files, config, PARTS, audio, about, add)
 
 
 def write_gated(out: Path, runner: GatedRunner, audio: np.ndarray, add) -> None:
@@ -372,25 +408,7 @@ def write_gated(out: Path, runner: GatedRunner, audio: np.ndarray, add) -> None:
 
     Shape: audio [L]; writes audio_in, audio_out, audio_out_replay [T * hop] for T golden frames.
     """
-    from export.build import ExportError
-
     bundle = Bundle(out, verify=False)
-    sig = bundle.signal
-    _supported(sig)
+    _supported(bundle.signal)
     config = gated_config_header(bundle)
-    golden = out / "golden"
-    frames, audio_in = _audio_in(golden, sig["hop"], audio)
-    replay = GatedReplay(bundle)
-    audio_replay = Engine(bundle, replay).process(audio_in)  # [T * hop]
-    _check_frames(replay.given, frames)
-    unused = [f"{n} ({len(c.calls['frames']) - c.n} of {len(c.calls['frames'])})" for n, c in replay.golden.items() if c.n != len(c.calls["frames"])]
-    if unused:
-        raise ExportError(f"golden calls the gating protocol did not make: {', '.join(unused)}; the golden calls and the protocol disagree")
-    audio_out = Engine(bundle, runner).process(audio_in)  # [T * hop]
-    about = {
-        "audio_in": "parity audio, first frames = the golden frames",
-        "audio_out": f"the engine's output stream for audio_in with the {PARTS} parts chained by gating.integer_io (LiteRT)",
-        "audio_out_replay": "the engine's output stream for audio_in, each part call answered by its golden outputs (<part>.int8io.npz)",
-    }
-    audio = {"audio_in": audio_in, "audio_out": audio_out, "audio_out_replay": audio_replay}
-    _write(out, GATED_FILES, config, PARTS, audio, about, add)
+    _write_replayed(out, bundle, config, GatedReplay(bundle), runner, audio, GATED_FILES, add)
