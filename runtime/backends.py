@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from operator import itemgetter
 
 import numpy as np
 
@@ -65,21 +66,60 @@ def apply_mask(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.stack([xr * mr - xi * mi, xr * mi + xi * mr], -1).astype(np.float32)
 
 
-def quantize(x: np.ndarray, spec: dict) -> np.ndarray:
+def quantizer(spec: dict):
+    """``x -> clamp(rint(x / scale) + zero_point)`` in ``spec``'s integer type, float32 arithmetic,
+    with the parameters looked up once (a per-frame path calls it for every tensor)."""
     info = np.iinfo(spec["dtype"])
-    q = np.round(x / spec["scale"]) + spec["zero_point"]
-    return np.clip(q, info.min, info.max).astype(spec["dtype"])
+    scale, zero, lo, hi = (np.float32(v) for v in (spec["scale"], spec["zero_point"], info.min, info.max))
+    dtype = np.dtype(spec["dtype"])
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.minimum(np.maximum(np.rint(x / scale) + zero, lo), hi).astype(dtype)
+
+    return run
+
+
+def dequantizer(spec: dict):
+    """``q -> float32(q - zero_point) * scale`` with ``spec``'s parameters looked up once."""
+    scale, zero = np.float32(spec["scale"]), np.float32(spec["zero_point"])
+
+    def run(q: np.ndarray) -> np.ndarray:
+        x = q.astype(np.float32)
+        x -= zero
+        x *= scale
+        return x
+
+    return run
+
+
+def requantizer(src: dict, dst: dict):
+    """``quantize(dequantize(q, src), dst)`` as a table over every integer of ``src``'s type, so
+    requantising a tensor is one lookup and gives exactly what the two steps give."""
+    bits = np.iinfo(src["dtype"]).bits
+    every = np.arange(2**bits, dtype=f"uint{bits}").view(src["dtype"])  # 0, 1, ..., max, min, ..., -1
+    table = quantizer(dst)(dequantizer(src)(every))  # a negative q indexes from the end: table.take(q) is its entry
+    return table.take
+
+
+def quantize(x: np.ndarray, spec: dict) -> np.ndarray:
+    return quantizer(spec)(x)
 
 
 def dequantize(q: np.ndarray, spec: dict) -> np.ndarray:
-    return ((q.astype(np.float32) - spec["zero_point"]) * np.float32(spec["scale"])).astype(np.float32)
+    return dequantizer(spec)(q)
 
 
 def band_energies(frame: np.ndarray, bands: int, width: int) -> np.ndarray:
     """log10 of the mean power of ``bands`` bands of ``width`` bins from bin 0 (the gating policy's
-    input). Shape: [F, 2] -> [bands]"""
-    power = np.square(frame).sum(-1)[: bands * width].reshape(bands, width).mean(-1)
-    return np.log10(power + np.float32(1e-8)).astype(np.float32)
+    input). The mean is numpy's (pairwise sum, then divided), as firmware's golden vectors record it.
+    Shape: [F, 2] -> [bands]"""
+    x = frame[: bands * width]  # [bands * width, 2]
+    power = x[:, 0] * x[:, 0]
+    power += x[:, 1] * x[:, 1]
+    e = np.add.reduce(power.reshape(bands, width), axis=1)  # [bands]
+    e /= np.float32(width)
+    e += np.float32(1e-8)
+    return np.log10(e, out=e)
 
 
 class OnnxSession:
@@ -250,24 +290,31 @@ GATE_MODES = ("policy", "on", "off")
 
 
 class IntegerSession:
-    """An int8io part behind the float session interface ``GatedRunner`` calls: each input is
-    quantised with its own scale and zero point and each output dequantised with its own. Chained
-    by the protocol this is the requantisation of ``INTEGER_PROTOCOL`` (a dequantised state
-    quantises back to the same integers, a float zero to the zero point). ``calls`` collects the
-    integer inputs and outputs of every call."""
+    """An int8io part behind the float session interface: ``run`` quantises each input with its
+    own scale and zero point and dequantises each output with its own. Chained by the protocol this
+    is the requantisation of ``INTEGER_PROTOCOL`` (a dequantised state quantises back to the same
+    integers, a float zero to the zero point). ``run_integer`` takes and gives the integers
+    themselves (``GatedRunner`` chains the parts so). ``calls`` collects the integer inputs and
+    outputs of every call."""
 
     def __init__(self, session, io: dict, calls: list | None = None):
         self.session, self.inputs, self.outputs, self.calls = session, session.inputs, session.outputs, calls
         specs = {t["name"]: t for t in [*io["inputs"], *io["outputs"]]}
         self.in_specs = [specs[n] for n in self.inputs]
         self.out_specs = [specs[n] for n in self.outputs]
+        self.quantizers = [quantizer(s) for s in self.in_specs]
+        self.dequantizers = [dequantizer(s) for s in self.out_specs]
 
     def run(self, values):
-        q = [quantize(np.asarray(v, np.float32), s) for v, s in zip(values, self.in_specs)]
+        res = self.run_integer([q(np.asarray(v, np.float32)) for q, v in zip(self.quantizers, values)])
+        return [d(r) for d, r in zip(self.dequantizers, res)]
+
+    def run_integer(self, q: list[np.ndarray]) -> list[np.ndarray]:
+        """The part on integer inputs in its own parameters; its integer outputs."""
         res = self.session.run(q)
         if self.calls is not None:
             self.calls.append([np.array(v) for v in [*q, *res]])
-        return [dequantize(r, s) for r, s in zip(res, self.out_specs)]
+        return res
 
 
 def part_sessions(bundle: Bundle, protocol: dict, backend: str, precision: str, threads: int = 1) -> dict:
@@ -313,11 +360,27 @@ class PartsRunner:
             new[i] = res[j]
 
 
+def _converter(src: dict | None, dst: dict):
+    """How a value in ``src``'s parameters (None: float) becomes an input in ``dst``'s: quantised,
+    requantised, or nothing where the parameters are equal."""
+    if src is None:
+        return quantizer(dst)
+    same = (src["scale"], src["zero_point"], src["dtype"]) == (dst["scale"], dst["zero_point"], dst["dtype"])
+    return None if same else requantizer(src, dst)
+
+
 class GatedRunner(PartsRunner):
     """A gated bundle run as its manifest's gating protocol says: per frame the trunk, then the
     policy, then only the branches whose gate is open (the policy's ``logits > 0``, or all / none
     when ``gates`` forces them). A skipped branch's graph is not called at all. Counts gate usage
     and the MACs executed (trunk + policy + branches that ran).
+
+    Every value of a frame has a slot, resolved once: the features, the energies, each state at the
+    start of the frame and each part output; a part reads its inputs from slots and fills its
+    outputs' slots. Integer parts (``IntegerSession``) are chained in integers as
+    ``INTEGER_PROTOCOL`` says: states stay in their owner's parameters, an input from elsewhere is
+    requantised by a table, or copied where the parameters are equal; only the features and
+    energies are quantised and the z terms and logits dequantised.
     """
 
     def __init__(self, gating: dict, states: tuple[StateSpec, ...], power: float, sessions: dict, gates: str = "policy"):
@@ -325,14 +388,40 @@ class GatedRunner(PartsRunner):
         ``inputs``, ``outputs`` (tensor names) and ``run(values) -> outputs``."""
         if gates not in GATE_MODES:
             raise BundleError(f"unknown gate mode {gates!r}; choose from {', '.join(GATE_MODES)}")
-        super().__init__(gating, gating["order"], states, sessions)
+        order = gating["order"]
+        super().__init__(gating, order, states, sessions)
         self.power = power
         self.bands, self.width = gating["energies"]["bands"], gating["energies"]["width"]
+        self.branches = [n for n in order if n.startswith("branch")]
+        self.always = [n for n in order if n not in self.branches]
+        self.integer = all(isinstance(sessions[n], IntegerSession) for n in order)
+        slot = {"features": 0, "energies": 1, **{n: 2 + i for i, n in enumerate(self.names)}}
+        for name in order:
+            slot.update((o, len(slot)) for o in sessions[name].outputs)
+        self.values: list = [None] * len(slot)
+        spec: dict[int, dict | None] = dict.fromkeys(range(len(slot)))  # integer parts: the parameters of each slot's integers
+        if self.integer:
+            for name in order:
+                session = sessions[name]
+                spec.update((slot[n], t) for n, t in zip(session.inputs, session.in_specs) if n in gating["parts"][name]["states"])
+                spec.update((slot[o], t) for o, t in zip(session.outputs, session.out_specs))
+        self.plan = {}
+        for name in order:
+            session, updates = self.parts[name]
+            ins = [slot[n] for n in session.inputs]
+            convert = [(j, _converter(spec[i], t)) for j, (i, t) in enumerate(zip(ins, session.in_specs))] if self.integer else []
+            states_out = [(i, j, _converter(spec[slot[session.outputs[j]]], spec[2 + i]) if self.integer else None) for i, j in updates]
+            gather = itemgetter(*ins) if len(ins) > 1 else lambda v, i=ins[0]: (v[i],)
+            self.plan[name] = (gather, [(j, f) for j, f in convert if f is not None], slot[session.outputs[0]], states_out)
+        read = ["logits", *(f"z_{n}" for n in order if f"z_{n}" in slot)]  # the floats the loop itself uses
+        self.read = {t: (slot[t], dequantizer(spec[slot[t]]) if self.integer else None) for t in read}
         index = {n: i for i, n in enumerate(self.names)}
-        self.branches = [n for n in gating["order"] if n.startswith("branch")]
         self.zeroed = [[index[st] for st in gating["parts"][b]["zeroed_when_skipped"]] for b in self.branches]
         self.zeros = [np.zeros(s.shape, np.float32) for s in states]
-        self.macs_fixed = gating["parts"]["trunk"]["macs_per_frame"] + gating["parts"]["policy"]["macs_per_frame"]
+        self.state_specs = [spec[2 + i] for i in range(len(states))]
+        if self.integer:
+            self.zeros = [quantize(z, t) for z, t in zip(self.zeros, self.state_specs)]
+        self.macs_fixed = sum(gating["parts"][n]["macs_per_frame"] for n in self.always)
         self.macs_branch = np.array([gating["parts"][b]["macs_per_frame"] for b in self.branches], np.int64)
         self.gates = gates
         self.forced = np.full(len(self.branches), gates == "on")
@@ -346,18 +435,25 @@ class GatedRunner(PartsRunner):
         power = bundle.manifest["transforms"]["features"]["power"]
         return cls(bundle.gating, bundle.states, power, sessions, gates)
 
+    def initial_state(self) -> list[np.ndarray]:
+        """float32 states, or for integer parts each state's integers in its owner's parameters."""
+        states = super().initial_state()
+        return [quantize(x, t) for x, t in zip(states, self.state_specs)] if self.integer else states
+
     def __call__(self, frame: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        env = {"features": compressed_features(frame, self.power)[:, None, :][None], "energies": band_energies(frame, self.bands, self.width)[None]}
-        env.update(zip(self.names, states))
+        v = self.values
+        v[0] = compressed_features(frame, self.power)[:, None, :][None]  # [1, 3, 1, F]
+        v[1] = band_energies(frame, self.bands, self.width)[None]  # [1, bands]
+        v[2 : 2 + len(states)] = states
         new = list(states)
-        self._run("trunk", env, new)
-        self._run("policy", env, new)
-        on = env["logits"][0] > 0 if self.gates == "policy" else self.forced  # [K]
-        z = env["z_trunk"]  # [1, 2, 1, F]
+        for name in self.always:
+            self._call(name, new)
+        on = self._read("logits")[0] > 0 if self.gates == "policy" else self.forced  # [K]
+        z = self._read("z_trunk")  # [1, 2, 1, F]
         for k, name in enumerate(self.branches):
             if on[k]:
-                self._run(name, env, new)
-                z = z + env[f"z_{name}"]
+                self._call(name, new)
+                z = z + self._read(f"z_{name}")
             else:  # outputs zero, GRU held (the states not listed keep their value)
                 for i in self.zeroed[k]:
                     new[i] = self.zeros[i]
@@ -365,6 +461,22 @@ class GatedRunner(PartsRunner):
         self.on += on
         self.macs += self.macs_fixed + int(self.macs_branch[on].sum())
         return bounded_mask(z[0, :, 0, :]), new
+
+    def _call(self, name: str, new: list) -> None:
+        """Part ``name`` on its inputs' slots; fills its outputs' slots and its states' new values."""
+        v, (gather, convert, first, states_out) = self.values, self.plan[name]
+        args = list(gather(v))
+        for j, f in convert:
+            args[j] = f(args[j])
+        session = self.parts[name][0]
+        res = session.run_integer(args) if self.integer else session.run(args)
+        v[first : first + len(res)] = res  # a part's outputs have consecutive slots
+        for i, j, f in states_out:
+            new[i] = res[j] if f is None else f(res[j])
+
+    def _read(self, tensor: str) -> np.ndarray:
+        i, f = self.read[tensor]
+        return self.values[i] if f is None else f(self.values[i])
 
     def usage(self) -> dict:
         n = max(self.frames, 1)
