@@ -1,25 +1,27 @@
-"""The plain-C reference of the streaming loop that ships in every plain and gated bundle as
-``firmware/``, and the golden audio that checks it.
+"""The plain-C reference of the streaming loop that ships in every plain, gated and two-stage bundle
+as ``firmware/``, and the golden audio that checks it.
 
 The C sources in ``export/c_reference/`` are fixed (docs/firmware.md describes their API): the
 plain loop (``denoise.c``) around ``model.int8io.tflite``, the gated loop (``denoise_gated.c``)
-around the ``<part>.int8io.tflite`` parts, and what both share (``denoise_stft.c``: framing, FFT,
-features, mask, overlap-add; ``denoise_golden.c``: the replay programs' tolerances and reader of
-golden arrays). What differs between bundles (sizes, scales, zero points, state layout; for a gated
-bundle every part's tensors and where each comes from) goes into a generated
+around the ``<part>.int8io.tflite`` parts, the two-stage loop (``denoise_chain.c``) around the
+student's and the corrector's ``<stage>.int8io.tflite``, and what they share (``denoise_stft.c``:
+framing, FFT, features, mask, overlap-add; ``denoise_golden.c``: the replay programs' tolerances
+and reader of golden arrays). What differs between bundles (sizes, scales, zero points, state
+layout; for a gated bundle every part's tensors and where each comes from; for a two-stage one
+every stage's tensors, the flow power and the eps seed) goes into a generated
 ``firmware/denoise_config.h``. The golden audio, beside the integer model's golden vectors:
 
 - ``golden/audio_in.npy``: the parity audio whose frames the golden frames are (hop samples per
   golden frame);
-- ``golden/audio_out.npy``: the Python engine's output for it with the integer model (a gated
-  bundle: its int8io parts chained by ``gating.integer_io``) on LiteRT, the stream as it comes out
-  (lagging the input by window - hop samples);
+- ``golden/audio_out.npy``: the Python engine's output for it with the integer model (a gated or
+  two-stage bundle: its int8io parts chained by ``gating.integer_io`` or ``chain.integer_io``) on
+  LiteRT, the stream as it comes out (lagging the input by window - hop samples);
 - ``golden/audio_out_replay.npy``: the engine's output when the model's outputs are the golden ones
-  instead of a model run (plain: each frame's ``int8io_output`` and ``int8io_states_out``; gated:
-  each part call's outputs from ``<part>.int8io.npz``). ``denoise_replay`` /
-  ``denoise_gated_replay`` (in ``firmware/``) run the C loop under the same stand-in and must match
-  it up to float rounding, whatever the FFT; ``audio_out`` also depends on which int8 values the
-  features round to and on the interpreter's kernels.
+  instead of a model run (plain: each frame's ``int8io_output`` and ``int8io_states_out``; gated and
+  two-stage: each part call's outputs from ``<part>.int8io.npz``). ``denoise_replay`` /
+  ``denoise_gated_replay`` / ``denoise_chain_replay`` (in ``firmware/``) run the C loop under the
+  same stand-in and must match it up to float rounding, whatever the FFT; ``audio_out`` also
+  depends on which int8 values the features round to and on the interpreter's kernels.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends import GatedRunner, IntegerSession, Runner, quantize
+from runtime.backends import ChainRunner, GatedRunner, IntegerSession, Runner, quantize
 from runtime.bundle import Bundle
 from runtime.engine import Engine
 
@@ -36,11 +38,14 @@ SOURCES = Path(__file__).resolve().parent / "c_reference"
 SHARED = ("denoise_stft.h", "denoise_stft.c", "denoise_fft.h", "denoise_fft.c", "denoise_golden.h", "denoise_golden.c")
 FILES = ("denoise.h", "denoise.c", "denoise_replay.c", *SHARED)
 GATED_FILES = ("denoise_gated.h", "denoise_gated.c", "denoise_gated_replay.c", *SHARED)
+CHAIN_FILES = ("denoise_chain.h", "denoise_chain.c", "denoise_chain_replay.c", *SHARED)
 # The sources a program compiles: the loop alone, or the replay program with it.
 LOOP = ("denoise.c", "denoise_stft.c", "denoise_fft.c")
 GATED_LOOP = ("denoise_gated.c", "denoise_stft.c", "denoise_fft.c")
 REPLAY = ("denoise_replay.c", *LOOP, "denoise_golden.c")
 GATED_REPLAY = ("denoise_gated_replay.c", *GATED_LOOP, "denoise_golden.c")
+CHAIN_LOOP = ("denoise_chain.c", "denoise_stft.c", "denoise_fft.c")
+CHAIN_REPLAY = ("denoise_chain_replay.c", *CHAIN_LOOP, "denoise_golden.c")
 CONFIG = "denoise_config.h"
 MODEL = "model.int8io.tflite"
 PARTS = "<part>.int8io.tflite"
@@ -262,6 +267,119 @@ def gated_config_header(bundle: Bundle) -> str:
     return _header(PARTS, define, layouts)
 
 
+# What the chain loop fills each stage input that is not a state with (denoise_chain.h), and the
+# outputs it reads; each [1, 3, 1, bins] (features) or [1, 2, 1, bins].
+CHAIN_INPUTS = {"student": ("features",), "corrector": ("estimate", "noisy", "eps")}
+CHAIN_OUTPUTS = {"student": "z", "corrector": "corrected"}
+
+
+def _int8_io(bundle: Bundle, section: str) -> dict[str, dict[str, dict]]:
+    """Per part of a gated or two-stage bundle, its int8io file's tensors by name (inputs and
+    outputs), refused in one line unless every one is quantised int8."""
+    from export.build import ExportError
+
+    spec = {n: {t["name"]: t for t in [*f.io["inputs"], *f.io["outputs"]]} for n, f in bundle.parts("tflite", "int8io").items()}
+    for n, tensors in spec.items():
+        for t in tensors.values():
+            if t["dtype"] != "int8" or "scale" not in t:
+                raise ExportError(f"{n}.int8io.tflite: {t['name']} is {t['dtype']}; the C loop (firmware/) takes quantised int8 tensors only")
+    if "integer_io" not in bundle.manifest[section]:
+        raise ExportError(f"{section}.integer_io is missing: the manifest does not say how its int8io parts are chained; re-export the bundle")
+    return spec
+
+
+def chain_config_header(bundle: Bundle) -> str:
+    """``denoise_config.h`` of a two-stage bundle's int8io stages, from its manifest: every stage
+    input and output with where the loop keeps it and how it fills it (``chain.integer_io``: each
+    input that is not a state quantised from its float value, each state fed back as it is), the
+    states, the flow power and the eps generator.
+
+    Raises ExportError (one line) for a manifest the loop cannot follow.
+    """
+    from export.build import ExportError  # build.py calls this module
+
+    c, F = bundle.chain, bundle.signal["bins"]
+    order = c["order"]
+    if order != list(CHAIN_INPUTS):
+        raise ExportError(f"chain.order {order}: the C loop calls the student, then the corrector")
+    spec = _int8_io(bundle, "chain")
+    eps = c["eps"]
+    if eps["generator"] not in ("splitmix64_box_muller", "zero"):
+        raise ExportError(f"chain.eps.generator {eps['generator']!r}: the C loop draws splitmix64_box_muller or zero")
+    power = float(bundle.manifest["transforms"]["flow"]["power"])
+    owner = {s: name for name, p in c["parts"].items() for s in p["states"]}
+
+    slots, state_at, offset = [], {}, 0
+    for s in bundle.states:
+        t, out = spec[owner[s.name]][s.name], spec[owner[s.name]][s.output]
+        size = int(np.prod(t["shape"]))
+        if (t["scale"], t["zero_point"], size) != (out["scale"], out["zero_point"], int(np.prod(out["shape"]))):
+            raise ExportError(f"{owner[s.name]}.int8io.tflite: {s.output} has other parameters or size than {s.name}; the state cannot be fed back as it is")
+        slots.append(f'    {{"{s.name}", "{s.output}", {order.index(owner[s.name])}, {offset}, {size}, {int(quantize(np.float32(s.init), t))}}}')
+        state_at[s.name], state_at[s.output] = ("DENOISE_CHAIN_STATES_IN", offset), ("DENOISE_CHAIN_STATES_OUT", offset)
+        offset += size
+
+    tensors, stages, index, work = [], [], {}, 0
+
+    def add(name: str, names: list[str], made: tuple[str, ...], side: str) -> None:
+        nonlocal work
+        for n in names:
+            t, size = spec[name][n], int(np.prod(spec[name][n]["shape"]))
+            if n in state_at:
+                where, fill = state_at[n], "NONE"
+            elif n in made:
+                if size != (3 if n == "features" else 2) * F:
+                    raise ExportError(f"{name}.int8io.tflite: {n} has shape {t['shape']}, not [1, {3 if n == 'features' else 2}, 1, {F}]; the C loop cannot fill or read it")
+                where, fill = ("DENOISE_CHAIN_WORK", work), n.upper() if side == "input" else "NONE"
+                work += size
+            else:
+                raise ExportError(f"{name}: {side} {n!r} is neither a state nor {' / '.join(made)}; the C loop follows the chain protocol only")
+            index[n] = len(tensors)
+            tensors.append(f'    {{"{n}", {size}, {where[0]}, {where[1]}, {_cfloat(t["scale"])}, {t["zero_point"]}, DENOISE_CHAIN_FILL_{fill}}}')
+
+    for name in order:
+        first = len(tensors)
+        add(name, c["parts"][name]["inputs"], CHAIN_INPUTS[name], "input")
+        outputs = len(tensors)
+        add(name, c["parts"][name]["outputs"], (CHAIN_OUTPUTS[name],), "output")
+        stages.append(f'    {{"{name}", {first}, {outputs - first}, {outputs}, {len(tensors) - outputs}}}')
+
+    seeded = eps["generator"] != "zero"
+    define = [
+        *_signal(bundle),
+        ("DENOISE_FLOW_EXPONENT", _cfloat(power - 1), f"transforms.flow.power - 1 (power {power:g})"),
+        ("DENOISE_UNFLOW_EXPONENT", _cfloat(1 / power - 1), "1 / power - 1: unflow"),
+        ("DENOISE_EPS_SEEDED", int(seeded), f"chain.eps.generator {eps['generator']}"),
+        ("DENOISE_EPS_SEED", f"UINT64_C({eps['seed'] if seeded else 0})", "chain.eps.seed"),
+        ("DENOISE_NUM_STAGES", len(order), "chain.order: student, corrector"),
+        ("DENOISE_STAGE_STUDENT", 0, ""),
+        ("DENOISE_STAGE_CORRECTOR", 1, ""),
+        ("DENOISE_Z", index["z"], "the student's output 'z' in DENOISE_TENSOR_LAYOUT"),
+        ("DENOISE_CORRECTED", index["corrected"], "the corrector's output 'corrected'"),
+        ("DENOISE_NUM_TENSORS", len(tensors), "stage inputs and outputs, stage by stage"),
+        ("DENOISE_MAX_IO", max(max(len(p["inputs"]), len(p["outputs"])) for p in c["parts"].values()), "most inputs or outputs of one stage"),
+        ("DENOISE_NUM_STATES", len(slots), "manifest states, in this order"),
+        ("DENOISE_STATES_LEN", offset, "all states concatenated"),
+        ("DENOISE_WORK_LEN", work, "the filled inputs and the outputs that are not states"),
+    ]
+    layouts = [
+        ("DENOISE_TENSOR_LAYOUT",
+         "/* denoise_chain_tensor per stage input, then output, stage by stage in call order: name, size,\n"
+         " * where the loop keeps it and at which offset, scale and zero point (the stage's io), how an\n"
+         " * input is filled. */",
+         tensors),
+        ("DENOISE_STAGE_LAYOUT",
+         "/* denoise_chain_stage in call order: name, first input and count, first output and count (in\n"
+         " * DENOISE_TENSOR_LAYOUT). */",
+         stages),
+        ("DENOISE_STATE_LAYOUT",
+         "/* denoise_chain_state_slot per state, in manifest order: input, output, owning stage, offset and\n"
+         " * size in the concatenated buffer, start value in its parameters. */",
+         slots),
+    ]  # fmt: skip
+    return _header(PARTS, define, layouts)
+
+
 def _audio_in(golden: Path, hop: int, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The golden frames [T, F, 2] and the parity audio cut or padded to them [T * hop]."""
     frames = np.load(golden / "frames_fp32.npy")  # [T, F, 2]
@@ -412,3 +530,26 @@ def write_gated(out: Path, runner: GatedRunner, audio: np.ndarray, add) -> None:
     _supported(bundle.signal)
     config = gated_config_header(bundle)
     _write_replayed(out, bundle, config, GatedReplay(bundle), runner, audio, GATED_FILES, add)
+
+
+class ChainReplay(GoldenReplay, ChainRunner):
+    """The chain protocol on the int8io stages, every stage call answered by its golden outputs."""
+
+    protocol = "chain"
+
+    def __init__(self, bundle: Bundle):
+        t = bundle.manifest["transforms"]
+        super().__init__(bundle.chain, bundle.states, (t["features"]["power"], t["flow"]["power"]), self._golden_sessions(bundle))
+
+
+def write_chain(out: Path, runner: ChainRunner, audio: np.ndarray, add) -> None:
+    """``write`` for a two-stage bundle in ``out``, whose ``golden/`` already holds the int8io
+    stages' golden calls (``<stage>.int8io.npz``) and eps: ``runner`` chains the int8io stages on
+    LiteRT; the replay answers every stage call with its golden outputs.
+
+    Shape: audio [L]; writes audio_in, audio_out, audio_out_replay [T * hop] for T golden frames.
+    """
+    bundle = Bundle(out, verify=False)
+    _supported(bundle.signal)
+    config = chain_config_header(bundle)
+    _write_replayed(out, bundle, config, ChainReplay(bundle), runner, audio, CHAIN_FILES, add)

@@ -12,7 +12,9 @@ The features, the mask bound, the mask applied to the frame and the corrector's 
 (``flow``, and back) are computed between the graphs in float, as the manifest's ``transforms``
 say; eps comes from ``runtime.noise`` (or is zero). The manifest's ``chain`` section is the
 protocol a runtime (``runtime.backends.ChainRunner``, or firmware in C) follows. Each stage comes
-in fp32, int8 (float I/O) and, for TFLite, int8io (integer I/O) with its C array and golden calls.
+in fp32, int8 (float I/O) and, for TFLite, int8io (integer I/O) with its C array and golden calls;
+``firmware/`` holds the chain of the int8io stages as a plain-C99 streaming loop
+(``export.c_reference``).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from distill.dsp import predict_mask
 from distill.meanflow import from_flow, one_step
 from distill.meco import Chain
 from distill.models import _count_macs, config_to_dict, cost, model_name
-from export import build, calibration, firmware, quiet, verify, verify_tflm
+from export import build, c_reference, calibration, firmware, quiet, verify, verify_tflm
 from export.build import ExportError, Options, check_card, passed
 from export.gated import Recorder, TorchSession, _save_calls
 from export.graph import Core, prepare
@@ -281,6 +283,8 @@ def build_chain(chain: Chain, checkpoint_info: dict, out: Path, opt: Options) ->
         log("firmware: C arrays of the int8 and int8io TFLite stages and golden vectors")
         c_models(out, graphs["tflite"], add)
         _golden(out, spec[: opt.golden_frames], open_bundle(), sec, files, add)
+        log("firmware: the C loop around the int8io stages (firmware/) and its golden audio")
+        c_reference.write_chain(out, runner(open_bundle(), "tflite", "int8io"), opt.parity_audio, add)
         write_manifest()  # the TFLM check reads the bundle as firmware's build would: sealed, checksums verified
         verify_tflm.record(out, files, verification, log)
 
@@ -369,6 +373,15 @@ def manifest(chain: Chain, sec: dict, states: tuple[StateSpec, ...], checkpoint_
     return m
 
 
+FIRMWARE_NOTE = (
+    "`firmware/` is the whole streaming loop around the int8io stages in plain C99 (`denoise_chain.h`: framing, FFT, features, "
+    "the student, mask and estimate, flow, eps from the generator above, the corrector, unflow, overlap-add, with one caller-supplied "
+    "invoke per stage), `denoise_config.h` generated from this manifest, and `denoise_chain_replay`, which checks it against "
+    "`golden/`: `audio_in.npy`, and the engine's output for it with these stages (`audio_out.npy`) and with every stage call "
+    "answered by its golden outputs (`audio_out_replay.npy`)."
+)
+
+
 def model_card(m: dict) -> str:
     """The two-stage bundle's README.md, written from its manifest."""
     mod, sig, c, ver = m["model"], m["signal"], m["chain"], m["verification"]
@@ -402,6 +415,7 @@ def model_card(m: dict) -> str:
         f"- eps ({eps['generator']}{', seed ' + str(eps['seed']) if 'seed' in eps else ''}): {eps['formula']}",
         "",
         *(["### Integer set (int8io)", "", c["integer_io"]["protocol"], ""] if "integer_io" in c else []),
+        *([FIRMWARE_NOTE, ""] if any(f["kind"] == "c_reference" for f in m["files"].values()) else []),
         "## Verification (run by this export)",
         "",
         check_card(ver["model"]),

@@ -114,3 +114,38 @@ void *denoise_npz_load(const char *dir, const char *name, const char *member, co
     snprintf(entry, sizeof entry, "has no array '%s' (golden calls of another bundle?)", member);
     return fail(path, entry, f);
 }
+
+int denoise_calls_load(const char *dir, const char *part, int n, const char *const *names, const int *sizes, long *calls, int **frames,
+                       int8_t **values)
+{
+    char npz[256];
+    long count;
+    int i;
+
+    snprintf(npz, sizeof npz, "%s.int8io.npz", part);
+    *frames = denoise_npz_load(dir, npz, "frames", "<i4", sizeof(int), calls);
+    if (!*frames)
+        return 2;
+    for (i = 0; i < n; i++) {
+        values[i] = denoise_npz_load(dir, npz, names[i], "|i1", 1, &count);
+        if (!values[i])
+            return 2;
+        if (count != *calls * sizes[i]) {
+            fprintf(stderr, "error: %s/%s: golden calls of other sizes than denoise_config.h says (calls of another bundle?)\n", dir, npz);
+            return 2;
+        }
+    }
+    return 0;
+}
+
+FILE *denoise_dump_open(const char *dir, const char *name)
+{
+    char path[4096];
+    FILE *f;
+
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    f = fopen(path, "wb");
+    if (!f)
+        fail(path, "cannot write", NULL);
+    return f;
+}

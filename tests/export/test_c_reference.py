@@ -460,18 +460,20 @@ class TflmSession:
 
 
 class FollowPart:
-    """A part session that runs on the C loop's features or energies of the same call (so both sides
-    run the part on the same integers where two FFTs round a value differently); keeps what it
-    computed itself, every input it ran on and, by ``clock``, the frame of each call."""
+    """A part session that runs on the C loop's values computed from the spectrum (``computed``:
+    the inputs that are) of the same call, so both sides run the part on the same integers where
+    two FFTs round a value differently; keeps what it computed itself, every input it ran on and,
+    by ``clock``, the frame of each call."""
 
-    def __init__(self, session, theirs: list[list[np.ndarray]], clock):
+    def __init__(self, session, theirs: list[list[np.ndarray]], clock, computed: tuple[str, ...] = ("features", "energies")):
         self.session, self.inputs, self.outputs, self.theirs, self.clock = session, session.inputs, session.outputs, theirs, clock
+        self.computed = computed
         self.ours, self.given, self.frames = [], [], []
 
     def run(self, values):
         values = list(values)
         for i, n in enumerate(self.inputs):
-            if n in ("features", "energies"):
+            if n in self.computed:
                 self.ours.append(values[i].copy())
                 values[i] = self.theirs[len(self.given)][i]
         self.given.append(values)

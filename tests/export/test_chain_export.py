@@ -1,9 +1,19 @@
 """A student and its MeanFlow corrector exported as a two-stage bundle: the chain in its manifest,
 parity of every fp32 set with the PyTorch chain, a runtime that streams both stages (or the
 student alone) frame by frame, the eps generator a C port can reproduce, and tampered manifests
-refused in one line."""
+refused in one line.
+
+The bundle's ``firmware/`` (the chain loop in C, ``denoise_chain.c``) compiled as firmware would
+compile it (``cc -std=c99 -Wall -Wextra -Werror -O2``): ``denoise_chain_replay`` makes exactly the
+golden stage calls with the golden inputs and gives the engine's audio under the same stand-in, its
+eps generator is ``runtime.noise``'s, a wrong constant or a broken golden folder fails clearly, and
+through ctypes with one interpreter per stage it makes the runtime's calls and gives its audio.
+Skipped, with the reason, without a C compiler or LiteRT."""
+import ctypes
 import json
+import re
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -14,15 +24,17 @@ import runtime.stream as stream
 from distill import checkpoint, meco
 from distill.dsp import enhance
 from distill.models import build, cost
-from export.build import Options
+from export import c_reference
+from export.build import ExportError, Options
 from export.calibration import frames
 from export.chain import reference, run
 from runtime import report
-from runtime.backends import SESSIONS, open_runner
-from runtime.bundle import Bundle, BundleError, seal
+from runtime.backends import SESSIONS, ChainRunner, IntegerSession, LiteRTSession, open_runner
+from runtime.bundle import MANIFEST, Bundle, BundleError, seal
 from runtime.engine import Engine
 from runtime.noise import GAMMA, gaussian
 from tests.conftest import level_jumps
+from tests.export.test_c_reference import AUDIO_TOLERANCE, F32, FLIPS, INVOKE_GATED, FollowPart, TflmSession, _compile, cc  # noqa: F401 (cc: the fixture)
 
 TINY = dict(channels=(4, 4, 4, 8, 8), rnn_groups=2, embed=8, features=4)
 SEED = 3
@@ -259,3 +271,213 @@ def test_a_corrector_without_its_student_is_refused_in_one_line(tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "holds no student" in err[0], err
     assert not (tmp_path / "b").exists()
+
+
+# The chain loop in C (firmware/denoise_chain.c) on the int8io stages.
+
+COMPUTED = ("features", "estimate", "noisy")  # stage inputs computed from the spectrum: two FFTs may round them 1 LSB apart
+
+
+def test_bundle_has_the_chain_loop_and_its_golden_audio(chain_bundle):
+    b = Bundle(chain_bundle)
+    listed = {n for n, f in b.files.items() if f["kind"] == "c_reference"}
+    assert listed == {f"firmware/{n}" for n in (*c_reference.CHAIN_FILES, c_reference.CONFIG)}
+    assert all(f"golden/{n}.npy" in b.files for n in ("audio_in", "audio_out", "audio_out_replay"))
+    assert len(np.load(chain_bundle / "golden" / "audio_in.npy")) == 20 * b.signal["hop"]
+    assert "`firmware/` is the whole streaming loop around the int8io stages" in (chain_bundle / "README.md").read_text()
+
+
+def _replay(cc, root, tmp_path, firmware=None):
+    firmware = firmware or root / "firmware"
+    exe = _compile(cc, tmp_path / "denoise_chain_replay", [firmware / n for n in c_reference.CHAIN_REPLAY])
+    dump = tmp_path / "dump"
+    dump.mkdir(exist_ok=True)
+    return subprocess.run([str(exe), str(root / "golden"), str(dump)], capture_output=True, text=True), dump
+
+
+def _calls(root, stage: str) -> dict[str, np.ndarray]:
+    with np.load(root / "golden" / f"{stage}.int8io.npz") as z:
+        return dict(z)
+
+
+def test_chain_replay_makes_the_golden_calls_with_the_golden_inputs_and_the_engine_audio(cc, chain_bundle, tmp_path):
+    """From the replay's dumps: every stage's inputs on every frame against its golden call (states
+    and eps exact; features, estimate and noisy within 1 LSB on at most 0.1 %), the generator's eps
+    against golden/eps.npy, and the audio against the engine under the same stand-in."""
+    run, dump = _replay(cc, chain_bundle, tmp_path)
+    assert run.returncode == 0 and run.stdout.endswith("passed\n"), run.stdout + run.stderr
+    b = Bundle(chain_bundle)
+    for name, f in b.parts("tflite", "int8io").items():
+        calls, sizes = _calls(chain_bundle, name), [int(np.prod(t["shape"])) for t in f.io["inputs"]]
+        rows = np.fromfile(dump / f"{name}.i8", np.int8).reshape(-1, sum(sizes))
+        assert len(rows) == len(calls["frames"]) == 20
+        for t, v in zip(f.io["inputs"], np.split(rows, np.cumsum(sizes)[:-1], axis=1)):
+            want = calls[t["name"]].reshape(len(v), -1)
+            if t["name"] in COMPUTED:
+                diff = np.abs(v.astype(int) - want)
+                assert diff.max() <= 1 and (diff > 0).mean() <= FLIPS, f"{name}: {t['name']}"
+            else:
+                assert np.array_equal(v, want), f"{name}: {t['name']}"
+    eps = np.load(chain_bundle / "golden" / "eps.npy")  # [T, F, 2]
+    ours = np.fromfile(dump / "eps.f32", np.float32).reshape(len(eps), 2, -1).transpose(0, 2, 1)
+    assert np.abs(ours - eps).max() <= 1e-6 * max(1.0, float(np.abs(eps).max()))
+    audio, want = np.fromfile(dump / "audio_out.f32", np.float32), np.load(chain_bundle / "golden" / "audio_out_replay.npy")
+    assert np.abs(audio - want).max() <= AUDIO_TOLERANCE * np.abs(want).max()
+
+
+@pytest.fixture(scope="module")
+def chain_lib(cc, chain_bundle, tmp_path_factory):
+    """The bundle's chain loop as a shared library."""
+    path = tmp_path_factory.mktemp("chainlib") / "libchain.so"
+    lib = ctypes.CDLL(str(_compile(cc, path, [chain_bundle / "firmware" / n for n in c_reference.CHAIN_LOOP], shared=True)))
+    lib.denoise_chain_create.restype = ctypes.c_void_p
+    lib.denoise_chain_create.argtypes = [INVOKE_GATED, ctypes.c_void_p]  # the same signature: ctx, part, inputs, outputs
+    lib.denoise_chain_process_frame.argtypes = [ctypes.c_void_p, F32, F32]
+    lib.denoise_chain_destroy.argtypes = [ctypes.c_void_p]
+    lib.denoise_chain_eps.argtypes = [ctypes.c_uint64, ctypes.c_uint64, F32]
+    return lib
+
+
+def test_eps_generator_in_c_is_runtime_noise(chain_lib):
+    """Seeds and stream positions at the ends of their ranges too: uint64 arithmetic wraps alike."""
+    for seed in (0, SEED, 0x0123456789ABCDEF, 2**64 - 1):
+        for frame in (0, 1, 7, 10**6, 2**40):
+            ours = np.zeros(2 * 161, np.float32)
+            chain_lib.denoise_chain_eps(seed, frame, ours)
+            want = gaussian(seed, frame, 1, 161)[0].T.ravel()  # [2 * F]: real parts, then imaginary
+            assert np.abs(ours - want).max() <= 1e-6 * max(1.0, float(np.abs(want).max())), (seed, frame)
+
+
+CONFIG_TAMPERS = {  # a hand-ported constant off: the replay line that catches it
+    "eps zero point": (r'(\{"eps", \d+, \w+, \d+, [^,]+, )(-?\d+)', lambda m: f"{m[1]}{int(m[2]) + 1}", r"\neps: [1-9]\d* of"),
+    "eps seed": (r"UINT64_C\((\d+)\)", lambda m: f"UINT64_C({int(m[1]) + 1})", r"eps generator: max difference [1-9]"),
+    "flow power": (r"(DENOISE_FLOW_EXPONENT\s+)(-?[\d.]+)f", lambda m: f"{m[1]}{float(m[2]) * 1.01}f", r"estimate and noisy: [1-9]\d* of"),
+    "unflow power": (r"(DENOISE_UNFLOW_EXPONENT\s+)(-?[\d.]+)f", lambda m: f"{m[1]}{float(m[2]) * 1.01}f", r"audio: max abs difference"),
+    "state start": (r'(\{"corrector_gru0_h", "corrector_gru0_h_out", 1, \d+, \d+, )(-?\d+)', lambda m: f"{m[1]}{int(m[2]) + 1}", r"states: [1-9]\d* of"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_TAMPERS))
+def test_chain_replay_fails_on_a_wrong_constant(cc, chain_bundle, tmp_path, case):
+    pattern, change, line = CONFIG_TAMPERS[case]
+    firmware = tmp_path / "firmware"
+    shutil.copytree(chain_bundle / "firmware", firmware)
+    config = firmware / c_reference.CONFIG
+    text, n = re.subn(pattern, change, config.read_text(), count=1)
+    assert n == 1
+    config.write_text(text)
+    run, _ = _replay(cc, chain_bundle, tmp_path, firmware)
+    assert run.returncode == 1 and run.stdout.endswith("FAILED\n") and re.search(line, run.stdout), run.stdout
+
+
+def test_chain_replay_says_what_is_wrong_with_the_golden_folder(cc, chain_bundle, tmp_path):
+    exe = _compile(cc, tmp_path / "r", [chain_bundle / "firmware" / n for n in c_reference.CHAIN_REPLAY])
+    golden = tmp_path / "golden"
+    shutil.copytree(chain_bundle / "golden", golden)
+    calls = _calls(tmp_path, "corrector")
+    del calls["eps"]
+    np.savez(golden / "corrector.int8io.npz", **calls)
+    run = subprocess.run([str(exe), str(golden)], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.strip().splitlines() == [f"error: {golden}/corrector.int8io.npz: has no array 'eps' (golden calls of another bundle?)"]
+    np.save(golden / "eps.npy", gaussian(SEED + 1, 0, 20, 161))  # eps of another seed, with the golden calls of this one
+    np.savez(golden / "corrector.int8io.npz", **_calls(chain_bundle, "corrector"))
+    run = subprocess.run([str(exe), str(golden)], capture_output=True, text=True)
+    assert run.returncode == 1 and run.stdout.endswith("FAILED\n") and re.search(r"eps generator: max difference [1-9]", run.stdout), run.stdout
+
+
+def _tampered_manifest(chain_bundle, tmp_path, edit) -> Bundle:
+    root = tmp_path / "bundle"
+    shutil.copytree(chain_bundle, root)
+    m = json.loads((root / MANIFEST).read_text())
+    edit(m)
+    (root / MANIFEST).write_text(json.dumps(seal(m)))
+    return Bundle(root, verify=False)
+
+
+def _float_eps(m):
+    m["files"]["corrector.int8io.tflite"]["io"]["inputs"][2].update(dtype="float32")
+
+
+HEADER_REFUSALS = {  # what the generated denoise_config.h cannot follow: one line from the export
+    "float input": (_float_eps, r"^corrector\.int8io\.tflite: eps is float32; the C loop \(firmware/\) takes quantised int8 tensors only$"),
+    "no integer_io": (lambda m: m["chain"].pop("integer_io"), r"^chain\.integer_io is missing: .*; re-export the bundle$"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEADER_REFUSALS))
+def test_chain_config_header_refuses_what_the_loop_cannot_follow(chain_bundle, tmp_path, case):
+    edit, message = HEADER_REFUSALS[case]
+    with pytest.raises(ExportError, match=message):
+        c_reference.chain_config_header(_tampered_manifest(chain_bundle, tmp_path, edit))
+
+
+def test_chain_export_refuses_golden_calls_the_protocol_does_not_make(chain_bundle, tmp_path):
+    """Golden calls of the corrector moved to later frames: write_chain stops with one line."""
+    root = tmp_path / "bundle"
+    shutil.copytree(chain_bundle, root)
+    calls = _calls(root, "corrector")
+    calls["frames"] = calls["frames"] + 1
+    np.savez(root / "golden" / "corrector.int8io.npz", **calls)
+    runner = ChainRunner.open(Bundle(chain_bundle), "litert", "int8io")
+    audio = np.load(chain_bundle / "golden" / "audio_in.npy")
+    with pytest.raises(ExportError, match=r"^corrector is called on frame 0 but its golden call 0 was made on frame 1; the golden calls and the chain protocol disagree$"):
+        c_reference.write_chain(root, runner, audio, lambda *a, **k: None)
+
+
+@pytest.mark.parametrize("interpreter", ["litert", "tflm"])
+def test_chain_c_loop_through_ctypes_matches_the_engine_on_the_same_interpreter(chain_lib, chain_bundle, interpreter):
+    """The loop as a shared library, one interpreter per stage behind its invoke (as firmware wires
+    TFLM), against the runtime chaining the same stages on the same interpreter: the same calls
+    with the same inputs (eps and states exact, features, estimate and noisy within 1 LSB), the
+    audio within float rounding."""
+    if interpreter == "tflm":
+        pytest.importorskip("tflite_micro", reason="tflite-micro has a cp311 x86-64 wheel only (pip install tflite-micro)")
+    b = Bundle(chain_bundle)
+    files, c = b.parts("tflite", "int8io"), b.chain
+    order, session = c["order"], {"litert": LiteRTSession, "tflm": TflmSession}[interpreter]
+
+    def sessions():
+        return {n: session(f.path, c["parts"][n]["inputs"], c["parts"][n]["outputs"]) for n, f in files.items()}
+
+    stages = sessions()
+    shapes = {n: ([t["shape"] for t in f.io["inputs"]], [t["shape"] for t in f.io["outputs"]]) for n, f in files.items()}
+    theirs, errors = {n: [] for n in order}, []
+
+    def invoke(ctx, stage, inputs, outputs):
+        try:  # an exception must not leave the C side running on garbage
+            name = order[stage]
+            ins, outs = shapes[name]
+            values = [np.ctypeslib.as_array(inputs[i], (int(np.prod(s)),)).reshape(s).copy() for i, s in enumerate(ins)]
+            for i, r in enumerate(stages[name].run(values)):
+                np.ctypeslib.as_array(outputs[i], (int(np.prod(outs[i])),))[:] = np.asarray(r).ravel()
+            theirs[name].append(values)
+            return 0
+        except Exception as e:
+            errors.append(e)
+            return 1
+
+    callback = INVOKE_GATED(invoke)
+    st = chain_lib.denoise_chain_create(callback, None)
+    assert st
+    audio, hop = np.load(chain_bundle / "golden" / "audio_in.npy"), b.signal["hop"]
+    y = np.zeros_like(audio)
+    try:
+        for t in range(len(audio) // hop):
+            out = np.zeros(hop, np.float32)
+            assert chain_lib.denoise_chain_process_frame(st, out, np.ascontiguousarray(audio[t * hop : (t + 1) * hop])) == 0, errors
+            y[t * hop : (t + 1) * hop] = out
+    finally:
+        chain_lib.denoise_chain_destroy(st)
+
+    follow = {n: FollowPart(s, theirs[n], lambda: 0, COMPUTED) for n, s in sessions().items()}
+    t = b.manifest["transforms"]
+    runner = ChainRunner(c, b.states, (t["features"]["power"], t["flow"]["power"]), {n: IntegerSession(follow[n], files[n].io) for n in order})
+    want = Engine(b, runner).process(audio)
+    for n in order:
+        assert len(follow[n].given) == len(theirs[n]) == len(audio) // hop, n
+        assert all(np.array_equal(u, v) for a, w in zip(follow[n].given, theirs[n]) for u, v in zip(a, w)), n
+        computed = [i for i, name in enumerate(c["parts"][n]["inputs"]) if name in COMPUTED]
+        ours, others = np.concatenate([o.ravel() for o in follow[n].ours]), np.concatenate([v[i].ravel() for v in theirs[n] for i in computed])
+        diff = np.abs(ours.astype(int) - others)
+        assert diff.max() <= 1 and (diff > 0).mean() <= FLIPS, f"{n}: {(diff > 0).sum()} values differ"
+    assert np.abs(y - want).max() <= AUDIO_TOLERANCE * np.abs(want).max()
