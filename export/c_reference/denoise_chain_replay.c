@@ -30,14 +30,7 @@
 #define DENOISE_EPS_TOLERANCE 1e-6f
 
 typedef struct {
-    long calls, next; /* golden calls, and the next one to answer */
-    int *frames;      /* the frame of each call */
-    int8_t *values[DENOISE_MAX_IO * 2]; /* per input, then output: [calls, size] */
-    FILE *dump;
-} golden_stage;
-
-typedef struct {
-    golden_stage stages[DENOISE_NUM_STAGES];
+    denoise_golden_calls stages[DENOISE_NUM_STAGES];
     long t;
     long spectral, spectral_diffs, spectral_max, eps, eps_diffs, eps_max, states, state_diffs; /* inputs compared */
     char unexpected[256]; /* the first call without a golden one */
@@ -49,24 +42,10 @@ static int fail(const char *what, const char *path)
     return 2;
 }
 
-/* Counts the values of `got` that differ from `want`, and the largest difference. */
-static void compare(const int8_t *got, const int8_t *want, int size, long *count, long *diffs, long *max)
-{
-    int j;
-
-    for (j = 0; j < size; j++) {
-        const long d = labs((long)got[j] - want[j]);
-        *diffs += d != 0;
-        if (d > *max)
-            *max = d;
-    }
-    *count += size;
-}
-
 static int stand_in(void *ctx, int stage, const int8_t *const *inputs, int8_t *const *outputs)
 {
     replay *r = (replay *)ctx;
-    golden_stage *g = &r->stages[stage];
+    denoise_golden_calls *g = &r->stages[stage];
     const denoise_chain_stage *p = &denoise_chain_stages[stage];
     const long c = g->next;
     long unused = 0;
@@ -81,11 +60,11 @@ static int stand_in(void *ctx, int stage, const int8_t *const *inputs, int8_t *c
         const denoise_chain_tensor *t = &denoise_chain_tensors[p->inputs + i];
         const int8_t *want = g->values[i] + c * t->size;
         if (t->fill == DENOISE_CHAIN_FILL_NONE)
-            compare(inputs[i], want, t->size, &r->states, &r->state_diffs, &unused);
+            denoise_compare(inputs[i], want, t->size, &r->states, &r->state_diffs, &unused);
         else if (t->fill == DENOISE_CHAIN_FILL_EPS)
-            compare(inputs[i], want, t->size, &r->eps, &r->eps_diffs, &r->eps_max);
+            denoise_compare(inputs[i], want, t->size, &r->eps, &r->eps_diffs, &r->eps_max);
         else
-            compare(inputs[i], want, t->size, &r->spectral, &r->spectral_diffs, &r->spectral_max);
+            denoise_compare(inputs[i], want, t->size, &r->spectral, &r->spectral_diffs, &r->spectral_max);
         if (g->dump)
             fwrite(inputs[i], 1, (size_t)t->size, g->dump);
     }
@@ -98,25 +77,17 @@ static int stand_in(void *ctx, int stage, const int8_t *const *inputs, int8_t *c
 }
 
 /* The golden calls of one stage; 0, or 2 after an error line. */
-static int load_stage(golden_stage *g, const denoise_chain_stage *p, const char *dir, const char *dump)
+static int load_stage(denoise_golden_calls *g, const denoise_chain_stage *p, const char *dir, const char *dump)
 {
     const char *names[DENOISE_MAX_IO * 2];
     int sizes[DENOISE_MAX_IO * 2], i;
-    char dump_name[256];
 
     for (i = 0; i < p->num_inputs + p->num_outputs; i++) {
         const denoise_chain_tensor *t = &denoise_chain_tensors[i < p->num_inputs ? p->inputs + i : p->outputs + i - p->num_inputs];
         names[i] = t->name;
         sizes[i] = t->size;
     }
-    if (denoise_calls_load(dir, p->name, p->num_inputs + p->num_outputs, names, sizes, &g->calls, &g->frames, g->values))
-        return 2;
-    if (dump) {
-        snprintf(dump_name, sizeof dump_name, "%s.i8", p->name);
-        if (!(g->dump = denoise_dump_open(dump, dump_name)))
-            return 2;
-    }
-    return 0;
+    return denoise_golden_calls_load(g, dir, p->name, p->num_inputs + p->num_outputs, names, sizes, dump);
 }
 
 /* The generator against golden/eps.npy ([frames, bins, 2]); returns the largest relative difference. */
@@ -145,8 +116,8 @@ static float check_eps(const float *golden, long frames, FILE *dump)
 int main(int argc, char **argv)
 {
     static replay r;
-    long n_in, n_out, n_eps, frames, t, i, missing = 0;
-    float *audio, *expected, *golden_eps, *y, peak = 0.0f, diff = 0.0f, eps_diff;
+    long n_in, n_out, n_eps, frames, t, missing = 0;
+    float *audio, *expected, *golden_eps, *y, peak, diff, eps_diff;
     denoise_chain_state *st;
     FILE *dump = NULL;
     int k, passed;
@@ -183,10 +154,7 @@ int main(int argc, char **argv)
         if (denoise_chain_process_frame(st, y + t * DENOISE_HOP, audio + t * DENOISE_HOP) && !r.unexpected[0])
             return fail("the stand-in failed", argv[1]);
     }
-    for (i = 0; i < n_in; i++) {
-        peak = fmaxf(peak, fabsf(expected[i]));
-        diff = fmaxf(diff, fabsf(y[i] - expected[i]));
-    }
+    diff = denoise_max_diff(y, expected, n_in, &peak);
     if (dump) {
         fwrite(y, sizeof(float), (size_t)n_in, dump);
         fclose(dump);
@@ -210,14 +178,8 @@ int main(int argc, char **argv)
              && (double)r.spectral_diffs <= DENOISE_FEATURE_FLIPS * (double)r.spectral && r.eps_max <= 1
              && (double)r.eps_diffs <= DENOISE_FEATURE_FLIPS * (double)r.eps && r.state_diffs == 0 && diff <= DENOISE_AUDIO_TOLERANCE * peak;
     printf("%s\n", passed ? "passed" : "FAILED");
-    for (k = 0; k < DENOISE_NUM_STAGES; k++) {
-        golden_stage *g = &r.stages[k];
-        for (i = 0; i < denoise_chain_stages[k].num_inputs + denoise_chain_stages[k].num_outputs; i++)
-            free(g->values[i]);
-        free(g->frames);
-        if (g->dump)
-            fclose(g->dump);
-    }
+    for (k = 0; k < DENOISE_NUM_STAGES; k++)
+        denoise_golden_calls_free(&r.stages[k]);
     denoise_chain_destroy(st);
     free(y);
     free(audio);

@@ -1,5 +1,6 @@
 #include "denoise_golden.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,27 +116,71 @@ void *denoise_npz_load(const char *dir, const char *name, const char *member, co
     return fail(path, entry, f);
 }
 
-int denoise_calls_load(const char *dir, const char *part, int n, const char *const *names, const int *sizes, long *calls, int **frames,
-                       int8_t **values)
+int denoise_golden_calls_load(denoise_golden_calls *g, const char *dir, const char *part, int n, const char *const *names, const int *sizes,
+                              const char *dump)
 {
-    char npz[256];
+    char npz[256], dump_name[256];
     long count;
     int i;
 
+    memset(g, 0, sizeof(*g));
     snprintf(npz, sizeof npz, "%s.int8io.npz", part);
-    *frames = denoise_npz_load(dir, npz, "frames", "<i4", sizeof(int), calls);
-    if (!*frames)
+    g->frames = denoise_npz_load(dir, npz, "frames", "<i4", sizeof(int), &g->calls);
+    g->values = calloc((size_t)n, sizeof(int8_t *));
+    if (!g->frames || !g->values)
         return 2;
+    g->tensors = n;
     for (i = 0; i < n; i++) {
-        values[i] = denoise_npz_load(dir, npz, names[i], "|i1", 1, &count);
-        if (!values[i])
+        g->values[i] = denoise_npz_load(dir, npz, names[i], "|i1", 1, &count);
+        if (!g->values[i])
             return 2;
-        if (count != *calls * sizes[i]) {
+        if (count != g->calls * sizes[i]) {
             fprintf(stderr, "error: %s/%s: golden calls of other sizes than denoise_config.h says (calls of another bundle?)\n", dir, npz);
             return 2;
         }
     }
+    snprintf(dump_name, sizeof dump_name, "%s.i8", part);
+    if (dump && !(g->dump = denoise_dump_open(dump, dump_name)))
+        return 2;
     return 0;
+}
+
+void denoise_golden_calls_free(denoise_golden_calls *g)
+{
+    int i;
+
+    for (i = 0; g->values && i < g->tensors; i++)
+        free(g->values[i]);
+    free(g->values);
+    free(g->frames);
+    if (g->dump)
+        fclose(g->dump);
+}
+
+void denoise_compare(const int8_t *got, const int8_t *want, int size, long *count, long *diffs, long *max)
+{
+    int j;
+
+    for (j = 0; j < size; j++) {
+        const long d = labs((long)got[j] - want[j]);
+        *diffs += d != 0;
+        if (d > *max)
+            *max = d;
+    }
+    *count += size;
+}
+
+float denoise_max_diff(const float *y, const float *want, long n, float *peak)
+{
+    float diff = 0.0f;
+    long i;
+
+    *peak = 0.0f;
+    for (i = 0; i < n; i++) {
+        *peak = fmaxf(*peak, fabsf(want[i]));
+        diff = fmaxf(diff, fabsf(y[i] - want[i]));
+    }
+    return diff;
 }
 
 FILE *denoise_dump_open(const char *dir, const char *name)

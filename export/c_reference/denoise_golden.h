@@ -25,11 +25,28 @@ void *denoise_npy_load(const char *dir, const char *name, const char *descr, siz
 /* The same for the array MEMBER (MEMBER.npy in the archive) of the .npz file DIR/NAME. */
 void *denoise_npz_load(const char *dir, const char *name, const char *member, const char *descr, size_t item, long *count);
 
-/* The golden calls of part PART (DIR/PART.int8io.npz): *calls of them, the frame of each in
- * *frames, and for each of its n int8 tensors (names[i], sizes[i] values a call) the values of
- * every call, [calls, sizes[i]], in values[i] (malloc'ed). 0, or 2 after one error line. */
-int denoise_calls_load(const char *dir, const char *part, int n, const char *const *names, const int *sizes, long *calls, int **frames,
-                       int8_t **values);
+/* The golden calls of one part (or stage) of a bundle, from DIR/<part>.int8io.npz. */
+typedef struct {
+    long calls, next; /* golden calls, and the next one to answer */
+    int *frames;      /* the frame of each call */
+    int tensors;      /* its inputs, then its outputs */
+    int8_t **values;  /* per tensor, the values of every call: [calls, size] */
+    FILE *dump;       /* where the replay writes the inputs it is given, or NULL */
+} denoise_golden_calls;
+
+/* Loads the calls of part PART with n int8 tensors (names[i], sizes[i] values a call, inputs then
+ * outputs) and, with a DUMP directory, opens DUMP/PART.i8. 0, or 2 after one error line. */
+int denoise_golden_calls_load(denoise_golden_calls *g, const char *dir, const char *part, int n, const char *const *names, const int *sizes,
+                              const char *dump);
+
+void denoise_golden_calls_free(denoise_golden_calls *g);
+
+/* Adds size to *count, and counts the values of got that differ from want (*diffs) and the largest
+ * difference (*max). */
+void denoise_compare(const int8_t *got, const int8_t *want, int size, long *count, long *diffs, long *max);
+
+/* The largest abs difference of y[n] to want[n]; *peak: the largest abs value of want. */
+float denoise_max_diff(const float *y, const float *want, long n, float *peak);
 
 /* DIR/NAME opened for writing; NULL after one error line. */
 FILE *denoise_dump_open(const char *dir, const char *name);
