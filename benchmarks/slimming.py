@@ -2,7 +2,7 @@
 input is, and the per-frame time the runtime saves by skipping closed branches.
 
 ``python -m benchmarks.slimming --devset dev=data/devset [--devset dev-ood=data/dev-ood ...] --gated NAME=CKPT [...]
-[--static NAME=CKPT[@G0,G1,...] ...] [--reference NAME] [--bundle GATED_BUNDLE]``
+[--static NAME=CKPT[@G0,G1,...] ...] [--reference NAME] [--bundle GATED_BUNDLE [--static-bundle PLAIN_BUNDLE]]``
 
 - Quality (PESQ, ESTOI, SI-SDR, DNSMOS OVRL) of every system on each ``--devset``, offline, against
   its mean MACs per frame: static models cost what ``distill.models.cost`` counts; a gated model
@@ -12,7 +12,9 @@ input is, and the per-frame time the runtime saves by skipping closed branches.
 - Gate usage (executed MACs over all-on MACs) of every gated model per input SNR and against the
   DNSMOS OVRL of the noisy input, set by set.
 - With ``--bundle``: the runtime's per-frame time with the branches all on, all off and driven by
-  the policy, in round-robin blocks, as medians and ratios.
+  the policy, in round-robin blocks, as medians and ratios; with ``--static-bundle`` a plain bundle
+  (the static student to beat) timed in the same rounds. Engine time (STFT, model, overlap-add)
+  and model time (the runner's call alone: the parts that run and the float transforms around them).
 
 Writes ``slimming.md``, ``slimming.json`` and ``slimming.png`` to ``--out``.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +66,7 @@ def parse_args(argv):
     p.add_argument("--reference", metavar="NAME", help="a --static or --gated name every other system is compared with (MAC ratio, metric differences)")
     p.add_argument("--files", type=int, help="score this many files of each set, spread over it (default: all)")
     p.add_argument("--bundle", type=Path, help="gated bundle whose runtime per-frame time is measured")
+    p.add_argument("--static-bundle", type=Path, help="plain bundle timed beside --bundle in the same rounds (the static student it should beat)")
     p.add_argument("--timing", default="litert/int8,onnxruntime/fp32", help="backend/precision pairs timed with --bundle")
     p.add_argument("--seconds", type=float, default=10.0, help="audio streamed per timing configuration and round")
     p.add_argument("--rounds", type=int, default=3, help="round-robin rounds of the timing configurations")
@@ -70,6 +74,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     args.gated = named(args.gated, "--gated")
     args.static = {name: fixed_gates(path) for name, path in named(args.static, "--static").items()}
+    if args.static_bundle and not args.bundle:
+        p.error("--static-bundle is timed beside --bundle; give it")
     if not args.gated and not args.static and not args.bundle:
         p.error("give --gated, --static or --bundle")
     if (args.gated or args.static) and not args.devset:
@@ -190,41 +196,72 @@ def usage_table(systems: dict, per_file_macs: dict, noisy: dict, snr_of: dict) -
     return out
 
 
+class Timed:
+    """A runner whose calls are timed: the model time of a frame, without the engine's STFT and
+    overlap-add."""
+
+    def __init__(self, runner):
+        self.runner, self.times_ns = runner, []
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def __call__(self, frame, states):
+        t0 = time.perf_counter_ns()
+        out = self.runner(frame, states)
+        self.times_ns.append(time.perf_counter_ns() - t0)
+        return out
+
+
 def timing(args) -> dict:
-    """Per-frame engine time of the bundle with gates on, off and from the policy. Each
-    configuration streams the whole signal in turn, for ``--rounds`` rounds: round-robin blocks
-    spread machine drift over all of them, and, unlike frame-by-frame interleaving, do not evict
-    one configuration's weights from the cache between its frames (which would hide what
-    skipping a branch saves)."""
+    """Per-frame engine and model time of the bundle with gates on, off and from the policy, and of
+    the static bundle beside it. Each configuration streams the whole signal in turn, for
+    ``--rounds`` rounds: round-robin blocks spread machine drift over all of them, and, unlike
+    frame-by-frame interleaving, do not evict one configuration's weights from the cache between
+    its frames (which would hide what skipping a branch saves)."""
     bundle = Bundle(args.bundle)
     if bundle.gating is None:
         raise BundleError(f"{args.bundle}: not a gated bundle; --bundle needs one (export a gated checkpoint)")
+    static = Bundle(args.static_bundle) if args.static_bundle else None
+    if static is not None and (static.gating is not None or static.chain is not None):
+        raise BundleError(f"{args.static_bundle}: not a plain bundle; --static-bundle takes a static student's bundle (runtime/bundles/default)")
     engines = {}
     for pair in args.timing.split(","):
         backend, _, precision = pair.strip().partition("/")
         for gates in GATE_MODES:
-            engines[f"{backend}/{precision}/{gates}"] = Engine(bundle, open_runner(bundle, backend, precision, 1, gates))
+            engines[f"{backend}/{precision}/{gates}"] = Engine(bundle, Timed(open_runner(bundle, backend, precision, 1, gates)))
+        if static is not None:
+            engines[f"{backend}/{precision}/static"] = Engine(static, Timed(open_runner(static, backend, precision, 1)))
     x = load(SAMPLE, bundle.signal["sample_rate"])
     n = int(args.seconds * bundle.signal["sample_rate"])
     signal = np.tile(x, -(-n // len(x)))[:n]
     times = {name: [] for name in engines}
+    model = {name: [] for name in engines}
     for e in engines.values():  # warm-up: caches, allocator, XNNPACK setup
         e.run(signal[: bundle.signal["sample_rate"]])
     for _ in range(args.rounds):
         for name, e in engines.items():
             e.reset()
+            e.runner.times_ns.clear()
             e.run(signal)
             times[name].append(e.frame_times_us().copy())
+            model[name].append(np.array(e.runner.times_ns) / 1e3)
     rows = {}
     for name, t in times.items():
         backend, precision, gates = name.split("/")
-        u = engines[name].runner.usage()  # of the last round: one pass over the signal
-        p50 = float(np.median(np.concatenate(t)))
-        rows[name] = {"gates": gates, "engine_p50_us": p50, "round_p50_us": [float(np.median(r)) for r in t],
-                      "mac_ratio": u["mac_ratio"], "branch_usage": u["branch_usage"]}  # fmt: skip
+        u = engines[name].runner.usage()  # of the last round: one pass over the signal (None: a static bundle)
+        macs = u["macs_per_frame"] if u else engines[name].macs_per_frame
+        rows[name] = {"gates": gates, "engine_p50_us": float(np.median(np.concatenate(t))), "round_p50_us": [float(np.median(r)) for r in t],
+                      "model_p50_us": float(np.median(np.concatenate(model[name]))), "model_round_p50_us": [float(np.median(r)) for r in model[name]],
+                      "macs_per_frame": macs, "mac_ratio": u["mac_ratio"] if u else None, "branch_usage": u["branch_usage"] if u else None}  # fmt: skip
     for name, r in rows.items():
-        r["ratio_to_all_on"] = r["engine_p50_us"] / rows[name.rsplit("/", 1)[0] + "/on"]["engine_p50_us"]
-    return {"bundle": str(args.bundle), "seconds": args.seconds, "rounds": args.rounds, "audio": SAMPLE.name, "machine": report.machine(), "rows": rows}
+        pair = name.rsplit("/", 1)[0]
+        if r["gates"] != "static":
+            r["ratio_to_all_on"] = r["engine_p50_us"] / rows[pair + "/on"]["engine_p50_us"]
+        if r["gates"] != "static" and f"{pair}/static" in rows:
+            r["model_ratio_to_static"] = r["model_p50_us"] / rows[f"{pair}/static"]["model_p50_us"]
+    return {"bundle": str(args.bundle), "static_bundle": str(args.static_bundle) if static else None, "seconds": args.seconds,
+            "rounds": args.rounds, "audio": SAMPLE.name, "machine": report.machine(), "rows": rows}  # fmt: skip
 
 
 def set_markdown(name: str, result: dict, reference: str | None) -> list[str]:
@@ -276,19 +313,25 @@ def markdown(result: dict) -> str:
         lines += ([""] if lines else []) + set_markdown(name, s, result.get("reference"))
     t = result.get("timing")
     if t:
+        static = f" beside the static `{t['static_bundle']}`" if t.get("static_bundle") else ""
         lines += [
             "",
-            f"Runtime per-frame time of `{t['bundle']}` on {t['machine']['cpu']} ({t['machine']['cores']} cores, 1 thread), "
+            f"Runtime per-frame time of `{t['bundle']}`{static} on {t['machine']['cpu']} ({t['machine']['cores']} cores, 1 thread), "
             f"{t['seconds']:.0f} s of {t['audio']} per configuration and round, {t['rounds']} rounds round-robin; "
-            "engine time per frame (STFT, the parts that run, overlap-add):",
+            "engine time per frame (STFT, the model, overlap-add) and model time (the runner's call: the parts that run and the "
+            "float transforms around them):",
             "",
-            "| backend/precision | gates | engine p50 (us) | p50 per round (us) | time / all on | executed MACs / all on | branch usage |",
-            "|---|---|---:|---|---:|---:|---|",
+            "| backend/precision | gates | MACs/frame (k) | engine p50 (us) | p50 per round (us) | time / all on | model p50 (us) | "
+            "model p50 per round (us) | model time / static | branch usage |",
+            "|---|---|---:|---:|---|---:|---:|---|---:|---|",
         ]
         for name, r in t["rows"].items():
             rounds = ", ".join(f"{v:.0f}" for v in r["round_p50_us"])
-            lines.append(f"| {name.rsplit('/', 1)[0]} | {r['gates']} | {r['engine_p50_us']:.0f} | {rounds} | {r['ratio_to_all_on']:.2f} | "
-                         f"{r['mac_ratio']:.2f} | {r['branch_usage']} |")  # fmt: skip
+            model = ", ".join(f"{v:.0f}" for v in r["model_round_p50_us"])
+            on = f"{r['ratio_to_all_on']:.2f}" if "ratio_to_all_on" in r else ""
+            static = f"{r['model_ratio_to_static']:.2f}" if "model_ratio_to_static" in r else ""
+            lines.append(f"| {name.rsplit('/', 1)[0]} | {r['gates']} | {r['macs_per_frame'] / 1e3:.1f} | {r['engine_p50_us']:.0f} | {rounds} | {on} | "
+                         f"{r['model_p50_us']:.0f} | {model} | {static} | {r['branch_usage'] or ''} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -337,10 +380,13 @@ def plot(result: dict, path: Path) -> None:
             else:
                 timed = result["timing"]["rows"]
                 names = list(timed)
-                ax.barh(range(len(names)), [timed[n]["engine_p50_us"] for n in names])
-                ax.set_yticks(range(len(names)), names, fontsize=7)
-                ax.set_xlabel("engine time per frame, p50 (us)")
-                ax.set_title("runtime time: gates on / off / policy")
+                y = np.arange(len(names))
+                ax.barh(y - 0.2, [timed[n]["engine_p50_us"] for n in names], 0.4, label="engine")
+                ax.barh(y + 0.2, [timed[n]["model_p50_us"] for n in names], 0.4, label="model")
+                ax.set_yticks(y, names, fontsize=7)
+                ax.set_xlabel("time per frame, p50 (us)")
+                ax.set_title("runtime time: gates on / off / policy" + (", static" if result["timing"].get("static_bundle") else ""))
+                ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

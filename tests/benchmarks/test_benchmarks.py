@@ -98,13 +98,14 @@ def test_kd_ablation_refuses_a_bad_devset_before_training(small_checkpoint, smal
     assert not (tmp_path / "out").exists()
 
 
-def test_slimming_tabulates_quality_usage_and_time(gated_checkpoint, small_checkpoint, small_devset, gated_bundle, tmp_path):
+def test_slimming_tabulates_quality_usage_and_time(gated_checkpoint, small_checkpoint, small_devset, gated_bundle, small_bundle, tmp_path):
     from benchmarks import slimming
 
     out, other = tmp_path / "slim", one_file_copy(small_devset, tmp_path / "other")
     args = ["--devset", str(small_devset), "--devset", f"other={other}", "--gated", f"g={gated_checkpoint}",
             "--static", f"s={small_checkpoint}", f"f={gated_checkpoint}@1", "--bundle", str(gated_bundle), "--reference", "f",
-            "--files", "1", "--timing", "onnxruntime/int8", "--seconds", "1", "--rounds", "1", "--out", str(out)]  # fmt: skip
+            "--static-bundle", str(small_bundle), "--files", "1", "--timing", "onnxruntime/int8", "--seconds", "1", "--rounds", "1",
+            "--out", str(out)]  # fmt: skip
     assert slimming.main(args) == 0
     r = json.loads((out / "slimming.json").read_text())
     assert list(r["sets"]) == [small_devset.name, "other"] and r["sets"]["other"]["dir"] == str(other)
@@ -113,16 +114,23 @@ def test_slimming_tabulates_quality_usage_and_time(gated_checkpoint, small_check
     for name, result in r["sets"].items():
         systems = result["systems"]
         assert set(systems) == {"s", "f", "g", "g (all on)"} and set(result["usage"]) == {"g"}
-        off = (g["trunk"]["macs_per_frame"] + g["policy"]["macs_per_frame"]) / systems["g"]["macs_all_on"]
+        off = g["trunk"]["macs_per_frame"] / systems["g"]["macs_all_on"]  # the trunk part's MACs include the policy's
         f = systems["f"]
-        assert f["kind"] == "static" and f["macs_per_frame"] == g["trunk"]["macs_per_frame"] + g["policy"]["macs_per_frame"] + g["branch0"]["macs_per_frame"]
+        assert f["kind"] == "static" and f["macs_per_frame"] == g["trunk"]["macs_per_frame"] + g["branch0"]["macs_per_frame"]
         assert systems["g (all on)"]["mac_ratio"] == 1.0 and off <= systems["g"]["mac_ratio"] <= 1.0
         s = systems["s"]
         d = s["mean"]["pesq"] - f["mean"]["pesq"]
         section = md.split(f"## {name}: ")[1].split("\n## ")[0]  # this set's tables, up to the next set's heading
         assert "Every system against `f`" in section and f"| s | {s['macs_per_frame'] / f['macs_per_frame']:.0%} | {d:+.3f} |" in section
-    assert set(r["timing"]["rows"]) == {f"onnxruntime/int8/{g}" for g in ("on", "off", "policy")}
-    assert r["timing"]["rows"]["onnxruntime/int8/off"]["mac_ratio"] == off and r["timing"]["rows"]["onnxruntime/int8/on"]["mac_ratio"] == 1.0
+    rows = r["timing"]["rows"]
+    assert set(rows) == {f"onnxruntime/int8/{g}" for g in ("on", "off", "policy", "static")}
+    assert rows["onnxruntime/int8/off"]["mac_ratio"] == off and rows["onnxruntime/int8/on"]["mac_ratio"] == 1.0
+    static = json.loads((small_bundle / "manifest.json").read_text())["model"]["macs_per_frame"]
+    assert rows["onnxruntime/int8/static"]["macs_per_frame"] == static and "ratio_to_all_on" not in rows["onnxruntime/int8/static"]
+    for name, row in rows.items():  # the model's call is part of the engine's frame
+        assert 0 < row["model_p50_us"] < row["engine_p50_us"], name
+    policy = rows["onnxruntime/int8/policy"]
+    assert policy["model_ratio_to_static"] == pytest.approx(policy["model_p50_us"] / rows["onnxruntime/int8/static"]["model_p50_us"])
     assert md.count("Runtime per-frame time") == 1, "the timing is of the bundle, not of a set"
     assert md.count("|") > 20 and (out / "slimming.png").stat().st_size > 0
 
@@ -159,6 +167,17 @@ def test_slimming_refuses_a_plain_bundle(small_bundle, small_devset, tmp_path, c
 
     assert slimming.main(["--devset", str(small_devset), "--bundle", str(small_bundle), "--out", str(tmp_path)]) == 2
     assert "not a gated bundle" in capsys.readouterr().err
+
+
+def test_slimming_static_bundle_must_be_plain_and_beside_a_gated_one(gated_bundle, tmp_path, capsys):
+    from benchmarks import slimming
+
+    assert slimming.main(["--bundle", str(gated_bundle), "--static-bundle", str(gated_bundle), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a plain bundle; --static-bundle takes a static student's bundle" in err[0]
+    with pytest.raises(SystemExit):
+        slimming.main(["--static-bundle", str(gated_bundle), "--out", str(tmp_path)])
+    assert "--static-bundle is timed beside --bundle" in capsys.readouterr().err
 
 
 def test_slimming_usage_table_groups_by_snr_and_ranks_with_ties():
