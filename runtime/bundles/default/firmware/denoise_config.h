@@ -11,7 +11,7 @@
 #define DENOISE_FEATURES_SCALE      0.0225347113f  /* input 'features' */
 #define DENOISE_FEATURES_ZERO_POINT (-1)
 #define DENOISE_FEATURES_LEN        483  /* [1, 3, 1, 161] */
-#define DENOISE_Z_SCALE             0.0323077291f  /* output 'z' */
+#define DENOISE_Z_SCALE             0.0323077179f  /* output 'z' */
 #define DENOISE_Z_ZERO_POINT        (-98)
 #define DENOISE_Z_LEN               322  /* [1, 2, 1, 161] */
 #define DENOISE_NUM_STATES          11  /* graph inputs and outputs 1.. in this order */

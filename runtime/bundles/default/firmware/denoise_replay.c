@@ -2,7 +2,7 @@
  * standing in for the model: a check of a port of the loop (FFT, features, quantisation, states,
  * mask, overlap-add) that needs no interpreter.
  *
- *   cc -std=c99 -O2 -o denoise_replay denoise_replay.c denoise.c denoise_fft.c -lm
+ *   cc -std=c99 -O2 -o denoise_replay denoise_replay.c denoise.c denoise_stft.c denoise_fft.c denoise_golden.c -lm
  *   ./denoise_replay ../golden [DUMP_DIR]
  *
  * Streams golden/audio_in.npy; on frame t the stand-in compares the features and states it is
@@ -19,9 +19,7 @@
 #include <string.h>
 
 #include "denoise.h"
-
-#define AUDIO_TOLERANCE 1e-5f /* max abs difference to audio_out_replay, relative to its peak (rounding: about 2e-7) */
-#define FEATURE_FLIPS 0.001   /* largest fraction of features 1 LSB off */
+#include "denoise_golden.h"
 
 typedef struct {
     long frames;
@@ -35,63 +33,6 @@ static int fail(const char *what, const char *path)
 {
     fprintf(stderr, "error: %s: %s\n", path, what);
     return 2;
-}
-
-/* Reads a little-endian, C-ordered .npy of dtype descr ("<f4" or "|i1"); *count: its values. */
-static void *load_npy(const char *dir, const char *name, const char *descr, size_t item, long *count)
-{
-    char path[4096], header[4096], want[32];
-    unsigned char pre[10];
-    size_t len;
-    long n = 1;
-    const char *s;
-    char *end;
-    void *data;
-    FILE *f;
-
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    f = fopen(path, "rb");
-    if (!f) {
-        fail("cannot open (is this a bundle's golden folder?)", path);
-        return NULL;
-    }
-    if (fread(pre, 1, 10, f) != 10 || memcmp(pre, "\x93NUMPY", 6) != 0 || pre[6] != 1) {
-        fail("not a version 1 .npy file", path);
-        fclose(f);
-        return NULL;
-    }
-    len = (size_t)pre[8] | (size_t)pre[9] << 8;
-    if (len >= sizeof header || fread(header, 1, len, f) != len) {
-        fail("truncated .npy header", path);
-        fclose(f);
-        return NULL;
-    }
-    header[len] = '\0';
-    snprintf(want, sizeof want, "'descr': '%s'", descr);
-    s = strstr(header, "'shape': (");
-    if (!strstr(header, want) || !strstr(header, "'fortran_order': False") || !s) {
-        fail("unexpected dtype or layout", path);
-        fclose(f);
-        return NULL;
-    }
-    for (s += 10; *s && *s != ')';) {
-        if (*s >= '0' && *s <= '9') {
-            n *= strtol(s, &end, 10);
-            s = end;
-        } else {
-            s++;
-        }
-    }
-    data = malloc((size_t)n * item);
-    if (!data || fread(data, item, (size_t)n, f) != (size_t)n) {
-        fail("truncated data", path);
-        free(data);
-        fclose(f);
-        return NULL;
-    }
-    fclose(f);
-    *count = n;
-    return data;
 }
 
 static int stand_in(void *ctx, const int8_t *features, const int8_t *states_in, int8_t *z, int8_t *states_out)
@@ -148,12 +89,12 @@ int main(int argc, char **argv)
         return 2;
     }
     memset(&r, 0, sizeof r);
-    audio = load_npy(argv[1], "audio_in.npy", "<f4", sizeof(float), &n_in);
-    expected = load_npy(argv[1], "audio_out_replay.npy", "<f4", sizeof(float), &n_out);
-    r.input = load_npy(argv[1], "int8io_input.npy", "|i1", 1, &n[0]);
-    r.output = load_npy(argv[1], "int8io_output.npy", "|i1", 1, &n[1]);
-    r.states_in = load_npy(argv[1], "int8io_states_in.npy", "|i1", 1, &n[2]);
-    r.states_out = load_npy(argv[1], "int8io_states_out.npy", "|i1", 1, &n[3]);
+    audio = denoise_npy_load(argv[1], "audio_in.npy", "<f4", sizeof(float), &n_in);
+    expected = denoise_npy_load(argv[1], "audio_out_replay.npy", "<f4", sizeof(float), &n_out);
+    r.input = denoise_npy_load(argv[1], "int8io_input.npy", "|i1", 1, &n[0]);
+    r.output = denoise_npy_load(argv[1], "int8io_output.npy", "|i1", 1, &n[1]);
+    r.states_in = denoise_npy_load(argv[1], "int8io_states_in.npy", "|i1", 1, &n[2]);
+    r.states_out = denoise_npy_load(argv[1], "int8io_states_out.npy", "|i1", 1, &n[3]);
     if (!audio || !expected || !r.input || !r.output || !r.states_in || !r.states_out)
         return 2;
     r.frames = n_in / DENOISE_HOP;
@@ -186,12 +127,12 @@ int main(int argc, char **argv)
         fclose(r.states_dump);
     }
 
-    passed = r.feature_max <= 1 && (double)r.feature_diffs <= FEATURE_FLIPS * (double)(r.frames * DENOISE_FEATURES_LEN) && r.state_diffs == 0
-             && diff <= AUDIO_TOLERANCE * peak;
+    passed = r.feature_max <= 1 && (double)r.feature_diffs <= DENOISE_FEATURE_FLIPS * (double)(r.frames * DENOISE_FEATURES_LEN) && r.state_diffs == 0
+             && diff <= DENOISE_AUDIO_TOLERANCE * peak;
     printf("frames: %ld\n", r.frames);
     printf("features: %ld of %ld differ, by at most %ld LSB\n", r.feature_diffs, r.frames * DENOISE_FEATURES_LEN, r.feature_max);
     printf("states: %ld of %ld differ\n", r.state_diffs, r.frames * DENOISE_STATES_LEN);
-    printf("audio: max abs difference %.3g (peak %.3g, tolerance %.0e of the peak)\n", diff, peak, AUDIO_TOLERANCE);
+    printf("audio: max abs difference %.3g (peak %.3g, tolerance %.0e of the peak)\n", diff, peak, DENOISE_AUDIO_TOLERANCE);
     printf("%s\n", passed ? "passed" : "FAILED");
     denoise_destroy(st);
     free(y);
