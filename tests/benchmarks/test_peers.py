@@ -169,6 +169,8 @@ def test_missing_peers_are_skipped_with_a_note(monkeypatch, capsys, tmp_path):
 class IdentityRunner:
     """A bundle runner whose mask is 1 everywhere."""
 
+    returns = "mask"  # what Engine reads of a runner: a mask, not the enhanced spectrum
+
     def initial_state(self):
         return []
 
