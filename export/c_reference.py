@@ -162,8 +162,8 @@ def gated_config_header(bundle: Bundle) -> str:
     g, F = bundle.gating, bundle.signal["bins"]
     order = g["order"]
     branches = [f"branch{k}" for k in range(g["branches"])]
-    if order != ["trunk", *branches]:
-        raise ExportError(f"gating.order {order}: the C loop calls the trunk (with the policy), then branch0 .. branch{g['branches'] - 1}")
+    if order != ["trunk", "policy", *branches]:
+        raise ExportError(f"gating.order {order}: the C loop calls trunk, policy, then branch0 .. branch{g['branches'] - 1}")
     files = bundle.parts("tflite", "int8io")
     spec = {n: {t["name"]: t for t in [*f.io["inputs"], *f.io["outputs"]]} for n, f in files.items()}
     for n, tensors in spec.items():
@@ -224,23 +224,23 @@ def gated_config_header(bundle: Bundle) -> str:
                 work += size[n]
             index[n] = len(tensors)
             tensors.append(row(n, t, kept[n]))
-        z = f"z_{name}"
-        if size.get(z) != 2 * F or z not in part["outputs"]:
+        z = f"z_{name}" if name != "policy" else None
+        if z is not None and size.get(z) != 2 * F:
             raise ExportError(f"{name}: no output {z!r} of [1, 2, 1, {F}]; the C loop sums the parts' z terms")
-        parts.append(f'    {{"{name}", {first}, {outputs - first}, {outputs}, {len(tensors) - outputs}, {index[z]}}}')
-    trunk = g["parts"]["trunk"]
-    if "logits" not in trunk["outputs"] or size["logits"] < g["branches"] or size.get("energies") != g["energies"]["bands"] or size.get("features") != 3 * F:
-        raise ExportError("the trunk takes [1, 3, 1, bins] features and 'energies' of gating.energies.bands values and gives one logit per branch")
+        parts.append(f'    {{"{name}", {first}, {outputs - first}, {outputs}, {len(tensors) - outputs}, {index[z] if z else -1}}}')
+    if size.get("logits", 0) < g["branches"] or size.get("energies") != g["energies"]["bands"] or size.get("features") != 3 * F:
+        raise ExportError("the policy needs 'energies' of gating.energies.bands values and gives one logit per branch, the trunk takes [1, 3, 1, bins] features")
 
     define = [
         *_signal(bundle),
         ("DENOISE_ENERGY_BANDS", g["energies"]["bands"], "transforms.energies.bands"),
         ("DENOISE_ENERGY_WIDTH", g["energies"]["width"], "transforms.energies.width: bins per band, from bin 0"),
         ("DENOISE_NUM_BRANCHES", g["branches"], "gating.branches"),
-        ("DENOISE_NUM_PARTS", len(order), "gating.order: trunk (with the policy), branch0, ..."),
+        ("DENOISE_NUM_PARTS", len(order), "gating.order: trunk, policy, branch0, ..."),
         ("DENOISE_PART_TRUNK", 0, ""),
-        ("DENOISE_PART_BRANCH0", 1, "branch k is part DENOISE_PART_BRANCH0 + k"),
-        ("DENOISE_LOGITS", index["logits"], "the trunk's output 'logits': branch k runs when logits[k] > its zero point"),
+        ("DENOISE_PART_POLICY", 1, ""),
+        ("DENOISE_PART_BRANCH0", 2, "branch k is part DENOISE_PART_BRANCH0 + k"),
+        ("DENOISE_LOGITS", index["logits"], "the policy's output 'logits': branch k runs when logits[k] > its zero point"),
         ("DENOISE_NUM_TENSORS", len(tensors), "part inputs and outputs, part by part"),
         ("DENOISE_MAX_IO", max(max(len(p["inputs"]), len(p["outputs"])) for p in g["parts"].values()), "most inputs or outputs of one part"),
         ("DENOISE_NUM_STATES", len(slots), "manifest states, in this order"),
@@ -256,7 +256,7 @@ def gated_config_header(bundle: Bundle) -> str:
          tensors),
         ("DENOISE_PART_LAYOUT",
          "/* denoise_gated_part in call order: name, first input and count, first output and count (in\n"
-         " * DENOISE_TENSOR_LAYOUT), its z term. */",
+         " * DENOISE_TENSOR_LAYOUT), its z term (-1: none). */",
          parts),
         ("DENOISE_STATE_LAYOUT",
          "/* denoise_gated_state_slot per state, in manifest order: input, output, owning part, offset and size\n"

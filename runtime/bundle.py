@@ -21,7 +21,6 @@ SCHEMA_VERSION = 2  # 2: manifest_sha256, verification.model
 MANIFEST = "manifest.json"
 DIGEST = "manifest_sha256"
 EPS_GENERATORS = ("splitmix64_box_muller", "zero")  # a two-stage bundle's eps sources (runtime.noise)
-GATING_VERSION = 2  # 2: the trunk part runs the policy too (1: the policy was a part of its own)
 
 
 class BundleError(Exception):
@@ -141,19 +140,11 @@ class Bundle:
         """The gating protocol is complete and consistent: every state owned by exactly one part,
         skip rules that split a branch's states, part files whose tensors are the protocol's."""
         g = self.gating
-        version = g.get("version", 1)  # version 1 had no field
-        if isinstance(version, int) and version > GATING_VERSION:
-            raise BundleError(f"{self.root}: gating protocol version {version} is newer than this runtime follows ({GATING_VERSION}); update tiny-denoise")
-        if version != GATING_VERSION:
-            raise BundleError(f"{self.root}: gating protocol version {version!r} (the policy a part of its own); this runtime follows version "
-                              f"{GATING_VERSION}, where the trunk part runs the policy: re-export the bundle with python -m export")  # fmt: skip
         branches = g["branches"]
         if not isinstance(branches, int) or branches < 1:
             raise ValueError(f"gating.branches must be a positive integer, not {branches!r}")
-        if g["order"] != ["trunk", *(f"branch{k}" for k in range(branches))]:
-            raise ValueError(f"gating.order {g['order']!r} is not trunk, branch0..branch{branches - 1}")
-        if g["parts"]["trunk"]["outputs"][:2] != ["z_trunk", "logits"]:
-            raise ValueError("gating part trunk must give z_trunk and logits first")
+        if g["order"] != ["trunk", "policy", *(f"branch{k}" for k in range(branches))]:
+            raise ValueError(f"gating.order {g['order']!r} is not trunk, policy, branch0..branch{branches - 1}")
         bands, width = g["energies"]["bands"], g["energies"]["width"]
         if not all(isinstance(v, int) and v >= 1 for v in (bands, width)) or bands * width > self.signal["bins"]:
             raise ValueError(f"gating.energies needs positive integers with bands * width <= {self.signal['bins']} bins")

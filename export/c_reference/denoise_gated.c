@@ -6,8 +6,8 @@
 
 #include "denoise_stft.h"
 
-#if DENOISE_PART_TRUNK != 0 || DENOISE_PART_BRANCH0 != 1 || DENOISE_NUM_PARTS != 1 + DENOISE_NUM_BRANCHES
-#error "denoise_config.h: the parts are called trunk (with the policy), then the branches"
+#if DENOISE_PART_TRUNK != 0 || DENOISE_PART_POLICY != 1 || DENOISE_PART_BRANCH0 != 2 || DENOISE_NUM_PARTS != 2 + DENOISE_NUM_BRANCHES
+#error "denoise_config.h: the parts are called trunk, policy, then the branches"
 #endif
 #if DENOISE_ENERGY_BANDS * DENOISE_ENERGY_WIDTH > DENOISE_BINS
 #error "denoise_config.h: the energy bands must lie within the bins"
@@ -152,7 +152,7 @@ static void mask(denoise_gated_state *st)
     int n = 0, i, k;
 
     for (i = 0; i < DENOISE_NUM_PARTS; i++) {
-        if (i >= DENOISE_PART_BRANCH0 && !st->ran[i - DENOISE_PART_BRANCH0])
+        if (denoise_gated_parts[i].z < 0 || (i >= DENOISE_PART_BRANCH0 && !st->ran[i - DENOISE_PART_BRANCH0]))
             continue;
         terms[n] = &denoise_gated_tensors[denoise_gated_parts[i].z];
         q[n] = kept(st, terms[n]->kept, terms[n]->offset);
@@ -192,6 +192,8 @@ int denoise_gated_process_frame(denoise_gated_state *st, float *out, const float
     denoise_stft_analyse(&st->stft, in);
     memset(st->ran, 0, sizeof(st->ran));
     rc = run(st, DENOISE_PART_TRUNK);
+    if (!rc)
+        rc = run(st, DENOISE_PART_POLICY);
     for (k = 0; k < DENOISE_NUM_BRANCHES && !rc; k++) {
         st->ran[k] = kept(st, logits->kept, logits->offset)[k] > logits->zero_point;
         if (st->ran[k])
