@@ -162,8 +162,9 @@ def gated_config_header(bundle: Bundle) -> str:
     g, F = bundle.gating, bundle.signal["bins"]
     order = g["order"]
     branches = [f"branch{k}" for k in range(g["branches"])]
-    if order != ["trunk", "policy", *branches]:
-        raise ExportError(f"gating.order {order}: the C loop calls trunk, policy, then branch0 .. branch{g['branches'] - 1}")
+    always = order[: len(order) - len(branches)]  # called on every frame: the trunk, and in gating version 1 the policy
+    if order[len(always) :] != branches or always[:1] != ["trunk"] or any(n not in ("trunk", "policy") for n in always):
+        raise ExportError(f"gating.order {order}: the C loop calls the trunk (and a version-1 policy), then branch0 .. branch{g['branches'] - 1}")
     files = bundle.parts("tflite", "int8io")
     spec = {n: {t["name"]: t for t in [*f.io["inputs"], *f.io["outputs"]]} for n, f in files.items()}
     for n, tensors in spec.items():
@@ -225,22 +226,23 @@ def gated_config_header(bundle: Bundle) -> str:
             index[n] = len(tensors)
             tensors.append(row(n, t, kept[n]))
         z = f"z_{name}" if name != "policy" else None
-        if z is not None and size.get(z) != 2 * F:
+        if z is not None and (size.get(z) != 2 * F or z not in part["outputs"]):
             raise ExportError(f"{name}: no output {z!r} of [1, 2, 1, {F}]; the C loop sums the parts' z terms")
         parts.append(f'    {{"{name}", {first}, {outputs - first}, {outputs}, {len(tensors) - outputs}, {index[z] if z else -1}}}')
-    if size.get("logits", 0) < g["branches"] or size.get("energies") != g["energies"]["bands"] or size.get("features") != 3 * F:
-        raise ExportError("the policy needs 'energies' of gating.energies.bands values and gives one logit per branch, the trunk takes [1, 3, 1, bins] features")
+    if "logits" not in g["parts"][always[-1]]["outputs"] or size["logits"] < g["branches"]:
+        raise ExportError(f"part {always[-1]} gives no 'logits' with one logit per branch; the C loop opens the branches by them")
+    if size.get("energies") != g["energies"]["bands"] or size.get("features") != 3 * F:
+        raise ExportError("the parts take [1, 3, 1, bins] features and 'energies' of gating.energies.bands values")
 
     define = [
         *_signal(bundle),
         ("DENOISE_ENERGY_BANDS", g["energies"]["bands"], "transforms.energies.bands"),
         ("DENOISE_ENERGY_WIDTH", g["energies"]["width"], "transforms.energies.width: bins per band, from bin 0"),
         ("DENOISE_NUM_BRANCHES", g["branches"], "gating.branches"),
-        ("DENOISE_NUM_PARTS", len(order), "gating.order: trunk, policy, branch0, ..."),
+        ("DENOISE_NUM_PARTS", len(order), "gating.order: the parts every frame calls, then branch0, ..."),
         ("DENOISE_PART_TRUNK", 0, ""),
-        ("DENOISE_PART_POLICY", 1, ""),
-        ("DENOISE_PART_BRANCH0", 2, "branch k is part DENOISE_PART_BRANCH0 + k"),
-        ("DENOISE_LOGITS", index["logits"], "the policy's output 'logits': branch k runs when logits[k] > its zero point"),
+        ("DENOISE_PART_BRANCH0", len(always), "the parts before it run on every frame; branch k is part DENOISE_PART_BRANCH0 + k"),
+        ("DENOISE_LOGITS", index["logits"], f"{always[-1]}'s output 'logits': branch k runs when logits[k] > its zero point"),
         ("DENOISE_NUM_TENSORS", len(tensors), "part inputs and outputs, part by part"),
         ("DENOISE_MAX_IO", max(max(len(p["inputs"]), len(p["outputs"])) for p in g["parts"].values()), "most inputs or outputs of one part"),
         ("DENOISE_NUM_STATES", len(slots), "manifest states, in this order"),
@@ -256,7 +258,7 @@ def gated_config_header(bundle: Bundle) -> str:
          tensors),
         ("DENOISE_PART_LAYOUT",
          "/* denoise_gated_part in call order: name, first input and count, first output and count (in\n"
-         " * DENOISE_TENSOR_LAYOUT), its z term (-1: none). */",
+         " * DENOISE_TENSOR_LAYOUT), its z term (-1: none, a version-1 policy). */",
          parts),
         ("DENOISE_STATE_LAYOUT",
          "/* denoise_gated_state_slot per state, in manifest order: input, output, owning part, offset and size\n"

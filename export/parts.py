@@ -55,13 +55,15 @@ def export_fp32(out: Path, fmt: str, graphs: dict[str, Part], metadata: dict, ad
 
 
 def quantise_part(
-    src: Path, dst: Path, p: Part, samples: list[dict], attempt: tuple, integer: bool = False, pairs: list[tuple[str, str]] = ()
-) -> dict:
+    src: Path, dst: Path, p: Part, samples: list[dict], attempt: tuple, integer: bool = False, pairs: list[tuple[str, str]] = (),
+    keep_float: tuple[str, ...] = (),
+) -> dict:  # fmt: skip
     """The fp32 part file ``src`` quantised into ``dst`` with calibration ``samples`` under one
     setting (``attempt``: ONNX (label, scopes kept in float), TFLite (label, activation bits,
     class with 16-bit activations)); ``integer``: integer inputs and outputs (TFLite), each state's
-    output with its input's scale (``pairs``: state, output). Returns the file's manifest fields
-    io, ops and quantization."""
+    output with its input's scale (``pairs``: state, output); ``keep_float``: names in the TFLite
+    operators' output tensors that stay in float. Returns the file's manifest fields io, ops and
+    quantization."""
     label = attempt[0]
     if src.suffix == ".onnx":
         from export import to_onnx
@@ -71,7 +73,7 @@ def quantise_part(
     from export import to_tflite
 
     _, bits, wide = attempt
-    info = to_tflite.quantize(src, dst, samples, integer_io=integer, state_pairs=pairs, activation_bits=bits, wide=wide)
+    info = to_tflite.quantize(src, dst, samples, integer_io=integer, keep_float=keep_float, state_pairs=pairs, activation_bits=bits, wide=wide)
     if integer:
         details = to_tflite.io_details(dst)
         io = {side: [{"name": n, **details[n]} for n in names] for side, names in (("inputs", p.inputs), ("outputs", p.outputs))}

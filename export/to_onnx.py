@@ -29,13 +29,17 @@ def export_fp32(step: Step, example: tuple[torch.Tensor, ...], inputs: list[str]
 
 
 def nodes_in_scopes(path: Path, scopes: tuple[str, ...]) -> list[str]:
-    """Names of nodes that the exporter attributes to any of the given submodule paths."""
+    """Names of nodes that the exporter attributes to any of the given submodule paths, and of
+    nodes it attributes to none (the Split of a chunk) whose inputs all come from those."""
     model = onnx.load(str(path))
-    names = []
+    names, inside = [], set()  # inside: outputs of the nodes found so far (the graph is in topological order)
+    constants = {t.name for t in model.graph.initializer}
     for node in model.graph.node:
         ns = next((p.value for p in node.metadata_props if p.key == "namespace"), "")
-        if any(f"/{s}:" in ns or f"/{s}." in ns for s in scopes):
+        fed = [i for i in node.input if i and i not in constants]
+        if any(f"/{s}:" in ns or f"/{s}." in ns for s in scopes) or (not ns and fed and all(i in inside for i in fed)):
             names.append(node.name)
+            inside.update(node.output)
     return names
 
 

@@ -139,7 +139,8 @@ def check_file(bundle: Bundle, name: str) -> dict:
     g_in, g_out, files = golden(bundle, name)
     arena = tflm.arena(data)
     # Replayed in the minimum arena: every golden frame runs in the size firmware is told.
-    replay = tflm.replay(data, g_in, g_out, feedback(bundle, ins, outs), (graph.inputs, graph.outputs), arena_bytes=arena["minimum_bytes"])
+    gates = {j: t["zero_point"] for j, t in enumerate(outs) if bundle.gating is not None and t["name"] == "logits"}  # branch k opens where logits[k] > it
+    replay = tflm.replay(data, g_in, g_out, feedback(bundle, ins, outs), (graph.inputs, graph.outputs), arena_bytes=arena["minimum_bytes"], gates=gates)
     replay["golden"] = files
     facts = {
         "tflite_micro": tflm.version(),
@@ -204,18 +205,22 @@ def _worst(tensors: dict) -> str:
 
 def describe(replay: dict) -> tuple[str, str]:
     """The open and the closed loop of a replay in words: the largest difference and where, the
-    closed loop's state drift, and every tensor beyond the tolerance."""
+    closed loop's state drift and gates, and every tensor beyond the tolerance."""
     texts = []
     for res in (replay["open_loop"], replay["closed_loop"]):
         if res is None:
             texts.append("no states to feed back")
             continue
         judged = {n: v for n, v in res["tensors"].items() if v["judged"]}
+        by_lsb = {n: v for n, v in judged.items() if "gates" not in v}
         drift = {n: v for n, v in res["tensors"].items() if not v["judged"]}
-        text = _worst(judged)
+        parts = [_worst(by_lsb)] if by_lsb else []
+        parts += [f"{n} up to {v['max_lsb']} LSB (mean {v['mean_lsb']:.2f}), {v['gate_flips']} of {v['gates']} gates differ"
+                  for n, v in judged.items() if "gates" in v]  # fmt: skip
         if drift:
-            text += f"; states drift {_worst(drift).replace('max ', 'up to ')}, not judged"
-        bad = [f"{n} {v['max_lsb']} LSB (mean {v['mean_lsb']:.2f}) at frames {v['worst_frames']}"
+            parts.append(f"states drift {_worst(drift).replace('max ', 'up to ')}, not judged")
+        text = "; ".join(parts)
+        bad = [f"{n} {v['gate_flips']} of {v['gates']} gates" if "gates" in v else f"{n} {v['max_lsb']} LSB (mean {v['mean_lsb']:.2f}) at frames {v['worst_frames']}"
                for n, v in judged.items() if not v["passed"]]  # fmt: skip
         texts.append(text + (f"; FAILED: {', '.join(bad)}" if bad else ""))
     return texts[0], texts[1]
@@ -227,8 +232,9 @@ def summary(verification_tflm: dict, facts: dict[str, dict]) -> list[str]:
     if "skipped" in v:
         return [f"TFLM check skipped: {v['skipped']}"]
     tol = v["tolerance"]
+    gated = f"; closed loop, gates differing <= {tol['gate_flips']:.0%}" if "gate_flips" in tol else ""
     lines = [f"TFLM (tflite-micro {v['tflite_micro']}): golden vectors replayed; "
-             f"tolerance per tensor <= {tol['max_lsb']} LSB, mean <= {tol['mean_lsb']:g} LSB:"]  # fmt: skip
+             f"tolerance per tensor <= {tol['max_lsb']} LSB, mean <= {tol['mean_lsb']:g} LSB{gated}:"]  # fmt: skip
     for name, r in v["files"].items():
         if "error" in r:
             lines.append(f"  {name:22s} FAILED: {r['error']}")

@@ -370,10 +370,10 @@ def _converter(src: dict | None, dst: dict):
 
 
 class GatedRunner(PartsRunner):
-    """A gated bundle run as its manifest's gating protocol says: per frame the trunk, then the
-    policy, then only the branches whose gate is open (the policy's ``logits > 0``, or all / none
-    when ``gates`` forces them). A skipped branch's graph is not called at all. Counts gate usage
-    and the MACs executed (trunk + policy + branches that ran).
+    """A gated bundle run as its manifest's gating protocol says: per frame the trunk, whose graph
+    also runs the policy, then only the branches whose gate is open (the policy's ``logits > 0``,
+    or all / none when ``gates`` forces them). A skipped branch's graph is not called at all.
+    Counts gate usage and the MACs executed (the trunk's, policy included, + branches that ran).
 
     Every value of a frame has a slot, resolved once: the features, the energies, each state at the
     start of the frame and each part output; a part reads its inputs from slots and fills its

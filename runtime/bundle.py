@@ -21,6 +21,8 @@ SCHEMA_VERSION = 2  # 2: manifest_sha256, verification.model
 MANIFEST = "manifest.json"
 DIGEST = "manifest_sha256"
 EPS_GENERATORS = ("splitmix64_box_muller", "zero")  # a two-stage bundle's eps sources (runtime.noise)
+GATING_VERSION = 2  # the newest gating protocol: 2, the trunk part runs the policy too; 1, the policy was a part of its own
+ALWAYS_RUN = {1: ["trunk", "policy"], 2: ["trunk"]}  # per gating version, the parts every frame calls before the branches
 
 
 class BundleError(Exception):
@@ -140,11 +142,19 @@ class Bundle:
         """The gating protocol is complete and consistent: every state owned by exactly one part,
         skip rules that split a branch's states, part files whose tensors are the protocol's."""
         g = self.gating
+        version = g.get("version", 1)  # version 1 had no field
+        if isinstance(version, int) and version > GATING_VERSION:
+            raise BundleError(f"{self.root}: gating protocol version {version} is newer than this runtime follows ({GATING_VERSION}); update tiny-denoise")
+        if version not in ALWAYS_RUN:
+            raise ValueError(f"gating.version {version!r} is not one of {', '.join(map(str, ALWAYS_RUN))}")
         branches = g["branches"]
         if not isinstance(branches, int) or branches < 1:
             raise ValueError(f"gating.branches must be a positive integer, not {branches!r}")
-        if g["order"] != ["trunk", "policy", *(f"branch{k}" for k in range(branches))]:
-            raise ValueError(f"gating.order {g['order']!r} is not trunk, policy, branch0..branch{branches - 1}")
+        always = ALWAYS_RUN[version]
+        if g["order"] != [*always, *(f"branch{k}" for k in range(branches))]:
+            raise ValueError(f"gating.order {g['order']!r} is not {', '.join(always)}, branch0..branch{branches - 1} (gating version {version})")
+        if "z_trunk" not in g["parts"]["trunk"]["outputs"] or "logits" not in g["parts"][always[-1]]["outputs"]:
+            raise ValueError(f"gating part trunk must give z_trunk and part {always[-1]} logits")
         bands, width = g["energies"]["bands"], g["energies"]["width"]
         if not all(isinstance(v, int) and v >= 1 for v in (bands, width)) or bands * width > self.signal["bins"]:
             raise ValueError(f"gating.energies needs positive integers with bands * width <= {self.signal['bins']} bins")

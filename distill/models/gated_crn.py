@@ -71,7 +71,11 @@ class Policy(nn.Module):
     def step(self, e, r, h):
         """One frame from its band energies ``e`` [B, bands] (``energies(frame)``), taken apart so
         an exported policy graph needs no log."""
-        h = self.gru.step(torch.relu(self.proj(torch.cat([e, r], dim=-1))), h)  # [B, hidden]
+        return self.recur(torch.relu(self.proj(torch.cat([e, r], dim=-1))), h)
+
+    def recur(self, x, h):
+        """The GRU and output layer on the frame's projected input. Shape: x [B, hidden], h -> ([B, K], h)"""
+        h = self.gru.step(x, h)  # [B, hidden]
         return self.out(h), h
 
 

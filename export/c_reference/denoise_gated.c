@@ -6,8 +6,8 @@
 
 #include "denoise_stft.h"
 
-#if DENOISE_PART_TRUNK != 0 || DENOISE_PART_POLICY != 1 || DENOISE_PART_BRANCH0 != 2 || DENOISE_NUM_PARTS != 2 + DENOISE_NUM_BRANCHES
-#error "denoise_config.h: the parts are called trunk, policy, then the branches"
+#if DENOISE_PART_TRUNK != 0 || DENOISE_PART_BRANCH0 < 1 || DENOISE_NUM_PARTS != DENOISE_PART_BRANCH0 + DENOISE_NUM_BRANCHES
+#error "denoise_config.h: the parts are called trunk first, the others before DENOISE_PART_BRANCH0 next, then the branches"
 #endif
 #if DENOISE_ENERGY_BANDS * DENOISE_ENERGY_WIDTH > DENOISE_BINS
 #error "denoise_config.h: the energy bands must lie within the bins"
@@ -191,9 +191,8 @@ int denoise_gated_process_frame(denoise_gated_state *st, float *out, const float
 
     denoise_stft_analyse(&st->stft, in);
     memset(st->ran, 0, sizeof(st->ran));
-    rc = run(st, DENOISE_PART_TRUNK);
-    if (!rc)
-        rc = run(st, DENOISE_PART_POLICY);
+    for (k = DENOISE_PART_TRUNK, rc = 0; k < DENOISE_PART_BRANCH0 && !rc; k++)
+        rc = run(st, k);
     for (k = 0; k < DENOISE_NUM_BRANCHES && !rc; k++) {
         st->ran[k] = kept(st, logits->kept, logits->offset)[k] > logits->zero_point;
         if (st->ran[k])

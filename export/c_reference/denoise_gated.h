@@ -3,10 +3,11 @@
  * One call per hop, like the plain loop (denoise.h): DENOISE_HOP samples in, DENOISE_HOP samples
  * out, lagging the input by DENOISE_WIN - DENOISE_HOP samples. Per frame it follows the manifest's
  * gating protocol on the integer parts (<part>.int8io.tflite) as gating.integer_io chains them, as
- * the Python runtime does: features and band energies in float, quantised with the trunk's and the
- * policy's input parameters; the trunk, then the policy; then branch k only if logits[k] is above
- * the zero point of logits. Every part input that comes from another part is requantised from its
- * source's scale and zero point to the part's own; a skipped branch is not called, its
+ * the Python runtime does: features and band energies in float, quantised with the input
+ * parameters of the part that takes them; the parts every frame calls (the trunk, which runs the
+ * policy too in gating protocol version 2; in version 1 the trunk, then the policy); then branch k
+ * only if logits[k] is above the zero point of logits. Every part input that comes from another
+ * part is requantised from its source's scale and zero point to the part's own; a skipped branch is not called, its
  * zeroed_when_skipped states become their zero point and its GRU hidden is held. z is the float sum
  * of the dequantised z terms of the parts that ran; then the bounded mask, inverse FFT and
  * overlap-add. Everything that differs between bundles (parts, tensors, scales, zero points, state
@@ -28,8 +29,8 @@ extern "C" { /* TFLM firmware is C++ */
 
 typedef struct denoise_gated_state denoise_gated_state;
 
-/* Runs part `part` (an index into denoise_gated_parts: DENOISE_PART_TRUNK, DENOISE_PART_POLICY,
- * DENOISE_PART_BRANCH0 + k) once; returns 0 on success, anything else on failure.
+/* Runs part `part` (an index into denoise_gated_parts: DENOISE_PART_TRUNK and the other parts
+ * before DENOISE_PART_BRANCH0, DENOISE_PART_BRANCH0 + k) once; returns 0 on success, anything else on failure.
  *   inputs[i]   graph input i of the part, in the order of its manifest entry (TFLM's input(i)):
  *               denoise_gated_tensors[denoise_gated_parts[part].inputs + i].size int8 values
  *   outputs[i]  graph output i, denoise_gated_tensors[denoise_gated_parts[part].outputs + i].size
@@ -66,10 +67,10 @@ typedef struct {
 
 /* One part, in call order. */
 typedef struct {
-    const char *name;           /* trunk, policy, branch<k>: <name>.int8io.tflite */
+    const char *name;           /* trunk (version 1: then policy), branch<k>: <name>.int8io.tflite */
     int inputs, num_inputs;     /* its inputs: denoise_gated_tensors[inputs .. inputs + num_inputs - 1] */
     int outputs, num_outputs;   /* its outputs, likewise */
-    int z;                      /* the index in denoise_gated_tensors of its z term (z_trunk, z_branch<k>), -1 for the policy */
+    int z;                      /* the index in denoise_gated_tensors of its z term (z_trunk, z_branch<k>), -1 for a version-1 policy */
 } denoise_gated_part;
 
 /* One state, in manifest order; kept in its owning part's input parameters (its <state>_out has

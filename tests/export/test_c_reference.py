@@ -403,10 +403,12 @@ def test_gated_replay_follows_the_logits(cc, gated, tmp_path):
     shutil.copytree(gated / "golden", root / "golden")
     gates = _golden(root, "gates_int8io")
     t = int(np.flatnonzero(gates[:, 0] == 0)[0])
-    calls = _calls(root, "policy")
-    zero = Bundle(gated).parts("tflite", "int8io")["policy"].io["outputs"][0]["zero_point"]
+    g = Bundle(gated).gating
+    part = next(n for n in g["order"] if "logits" in g["parts"][n]["outputs"])  # runs on every frame: call t is frame t
+    calls = _calls(root, part)
+    zero = next(o for o in Bundle(gated).parts("tflite", "int8io")[part].io["outputs"] if o["name"] == "logits")["zero_point"]
     calls["logits"][t, 0, 0] = zero + 1
-    np.savez(root / "golden" / "policy.int8io.npz", **calls)
+    np.savez(root / "golden" / f"{part}.int8io.npz", **calls)
     exe = _compile(cc, tmp_path / "r", [gated / "firmware" / n for n in c_reference.GATED_REPLAY])
     run = subprocess.run([str(exe), str(root / "golden")], capture_output=True, text=True)
     assert run.returncode == 1 and run.stdout.endswith("FAILED\n"), run.stdout

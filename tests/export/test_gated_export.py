@@ -15,7 +15,7 @@ from export.calibration import frames
 from export.gated import integer_runner, reference
 from export.verify import stream as stream_masks
 from runtime import report
-from runtime.backends import SESSIONS, GatedRunner, bounded_mask, compressed_features, open_runner
+from runtime.backends import SESSIONS, GatedRunner, band_energies, bounded_mask, compressed_features, dequantize, open_runner, quantize, requantizer
 from runtime.bundle import Bundle, BundleError, seal
 from runtime.engine import Engine
 from tests.conftest import level_jumps
@@ -29,7 +29,9 @@ def model(gated_checkpoint):
 def test_manifest_describes_every_part_and_state(gated_bundle, model):
     m = json.loads((gated_bundle / "manifest.json").read_text())
     g = m["gating"]
-    assert g["order"] == ["trunk", "policy", "branch0"]
+    assert g["version"] == 2 and g["order"] == ["trunk", "branch0"]
+    trunk = g["parts"]["trunk"]  # the trunk runs the policy too: one call decides the gates
+    assert trunk["inputs"][:2] == ["features", "energies"] and trunk["outputs"][:2] == ["z_trunk", "logits"] and "policy_h" in trunk["states"]
     sets = {(f["format"], f["precision"]) for f in m["files"].values() if f["kind"] == "part"}
     assert sets == {("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "int8"), ("tflite", "int8io")}
     owners = [s["part"] for s in m["states"]]
@@ -40,10 +42,37 @@ def test_manifest_describes_every_part_and_state(gated_bundle, model):
         assert set(part["inputs"]) <= earlier, name
     macs = gated_cost(model)
     assert g["parts"]["branch0"]["macs_per_frame"] == macs["branches"][0]
+    assert trunk["macs_per_frame"] == macs["trunk"] + macs["policy"] and trunk["policy_macs_per_frame"] == macs["policy"]
     assert sum(p["macs_per_frame"] for p in g["parts"].values()) == m["model"]["macs_per_frame"] == cost(model).macs_per_frame
     assert g["parts"]["branch0"]["held_when_skipped"] == ["b0_gru_h"]
     assert m["verification"]["passed"]
     assert (gated_bundle / "branch0_int8_tflite.cc").is_file()
+
+
+def test_int8_trunk_keeps_the_policy_in_float_and_int8io_quantises_it(gated_bundle):
+    files = json.loads((gated_bundle / "manifest.json").read_text())["files"]
+    tflite, onnx = files["trunk.int8.tflite"], files["trunk.int8.onnx"]
+    assert tflite["ops"]["FULLY_CONNECTED"] == 5, "the policy's two input projections, GRU input and hidden layers and output stay float"
+    assert tflite["ops"]["FULLY_CONNECTED(INT8)"] > 0 and "policy" in tflite["quantization"]
+    assert onnx["quantization"]["kept_float"]["nodes"] >= 17 and "policy" in onnx["quantization"]["kept_float"]["submodules"]
+    assert "FULLY_CONNECTED" not in files["trunk.int8io.tflite"]["ops"], "a microcontroller runs the policy in integers too"
+
+
+def test_integer_chaining_helpers_are_exactly_the_protocols_formulas():
+    """The runner's table requantisation is quantise(dequantise(q)) for every integer; the band
+    energies are the manifest's formula with numpy's mean, bit for bit."""
+    rng = np.random.default_rng(8)
+    for dtype in ("int8", "int16"):
+        info = np.iinfo(dtype)
+        q = np.arange(info.min, info.max + 1).astype(dtype).reshape(1, -1, 1, 1)
+        for _ in range(20):
+            src = {"scale": float(10 ** rng.uniform(-3, 0)), "zero_point": int(rng.integers(-20, 20)), "dtype": dtype}
+            dst = {"scale": float(10 ** rng.uniform(-3, 0)), "zero_point": int(rng.integers(-20, 20)), "dtype": "int8"}
+            assert np.array_equal(requantizer(src, dst)(q), quantize(dequantize(q, src), dst))
+    for _ in range(200):
+        frame = (rng.standard_normal((161, 2)) * 10 ** rng.uniform(-4, 1)).astype(np.float32)
+        formula = np.log10(np.square(frame).sum(-1)[:160].reshape(16, 10).mean(-1) + np.float32(1e-8))
+        assert np.array_equal(band_energies(frame, 16, 10).view(np.int32), formula.astype(np.float32).view(np.int32))
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "litert"])
@@ -70,10 +99,10 @@ def test_a_closed_branch_is_never_called(gated_bundle, model):
     spec = frames(model, level_jumps(np.random.default_rng(6), 16000)).numpy()
     stream_masks(runner, spec)
     u = runner.usage()
-    assert calls["trunk"] == calls["policy"] == u["frames"] == len(spec)
+    assert calls["trunk"] == u["frames"] == len(spec)
     assert calls["branch0"] == round(u["branch_usage"][0] * len(spec)) and 0 < calls["branch0"] < len(spec)
     g = Bundle(gated_bundle).gating["parts"]
-    fixed = g["trunk"]["macs_per_frame"] + g["policy"]["macs_per_frame"]
+    fixed = g["trunk"]["macs_per_frame"]
     assert u["macs_per_frame"] == pytest.approx(fixed + calls["branch0"] / len(spec) * g["branch0"]["macs_per_frame"])
 
 
@@ -84,7 +113,7 @@ def test_engine_report_counts_executed_macs(gated_bundle):
     engine.run(level_jumps(np.random.default_rng(7), 8000))
     r = report.build(engine, "litert", "int8", 1, 0.5)
     assert r["gating"]["branch_usage"] == [0.0] and r["gating"]["frames"] == engine.frames
-    assert r["macs_per_frame"] == g["trunk"]["macs_per_frame"] + g["policy"]["macs_per_frame"]
+    assert r["macs_per_frame"] == g["trunk"]["macs_per_frame"]
     assert "gates off" in report.summary(r)
 
 
@@ -107,7 +136,7 @@ def test_damaged_gated_bundles_are_refused(gated_bundle, tmp_path):
     shutil.rmtree(copy)
     shutil.copytree(gated_bundle, copy)
     m = json.loads((copy / "manifest.json").read_text())
-    m["gating"]["order"] = ["policy", "trunk", "branch0"]
+    m["gating"]["order"] = ["branch0", "trunk"]
     (copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="changed since export"):
         Bundle(copy)
@@ -149,7 +178,11 @@ TAMPERED = {
     "zero-band-width": (lambda m: m["gating"]["energies"].update(width=0), "gating.energies"),
     "string-band-width": (lambda m: m["gating"]["energies"].update(width="4"), "gating.energies"),
     "no-skip-rule": (lambda m: m["gating"]["parts"]["branch0"].pop("zeroed_when_skipped"), "zeroed_when_skipped"),
-    "string-macs": (lambda m: m["gating"]["parts"]["policy"].update(macs_per_frame="10"), "macs_per_frame"),
+    "string-macs": (lambda m: m["gating"]["parts"]["trunk"].update(macs_per_frame="10"), "macs_per_frame"),
+    "version-1": (lambda m: m["gating"].pop("version"), "is not trunk, policy, branch0..branch0 (gating version 1)"),
+    "version-0": (lambda m: m["gating"].update(version=0), "gating.version 0 is not one of 1, 2"),
+    "version-3": (lambda m: m["gating"].update(version=3), "gating protocol version 3 is newer than this runtime follows (2); update tiny-denoise"),
+    "no-logits": (lambda m: m["gating"]["parts"]["trunk"]["outputs"].remove("logits"), "gating part trunk must give z_trunk and part trunk logits"),
     "renamed-tensor": (lambda m: m["files"]["trunk.onnx"]["io"]["outputs"][0].update(name="z"), "not those of gating part trunk"),
     "missing-part": (_drop_branch_file, "lacks part(s) branch0"),
 }
@@ -259,14 +292,18 @@ def test_integer_chain_follows_the_requantisation_convention(gated_bundle):
     row = {n: {int(t): i for i, t in enumerate(golden[n]["frames"])} for n in g["order"]}
     frames_fp32 = np.load(gated_bundle / "golden" / "frames_fp32.npy")
     T = len(frames_fp32)
-    assert golden["trunk"]["frames"].tolist() == golden["policy"]["frames"].tolist() == list(range(T))
+    assert golden["trunk"]["frames"].tolist() == list(range(T))
 
     f = io["trunk"]["features"]
     features = np.stack([compressed_features(x, bundle.manifest["transforms"]["features"]["power"])[:, None, :][None] for x in frames_fp32])
     assert np.array_equal(golden["trunk"]["features"], np.clip(np.rint(features / np.float32(f["scale"])) + f["zero_point"], -128, 127).astype(np.int8))
 
     edges = [e for e in g["integer_io"]["edges"] if "from_scale" in e]
-    assert {(e["part"], e["input"]) for e in edges} >= {("policy", "gru_h_out"), ("branch0", "enc1_prev"), ("branch0", "enc1_prev_out")}
+    assert {(e["part"], e["input"]) for e in edges} >= {("branch0", "enc1_prev"), ("branch0", "enc1_prev_out")}
+    assert not any(e["part"] == "trunk" for e in edges), "the trunk reads only its own states and the float transforms"
+    e = io["trunk"]["energies"]
+    energies = np.stack([band_energies(x, g["energies"]["bands"], g["energies"]["width"])[None] for x in frames_fp32])
+    assert np.array_equal(golden["trunk"]["energies"], np.clip(np.rint(energies / np.float32(e["scale"])) + e["zero_point"], -128, 127).astype(np.int8))
     assert any(not e["copy"] for e in edges), "the test bundle should need requantisation somewhere"
     for e in edges:
         src, tensor = e["from"].split(".")
@@ -292,7 +329,7 @@ def test_integer_chain_follows_the_requantisation_convention(gated_bundle):
             assert np.array_equal(branch[held][i], branch[f"{held}_out"][i - 1] if i else np.full_like(branch[held][i], io["branch0"][held]["zero_point"]))
     assert skipped > 0, "the golden frames should resume the branch after a skip"
 
-    logits, lq = golden["policy"]["logits"], io["policy"]["logits"]
+    logits, lq = golden["trunk"]["logits"], io["trunk"]["logits"]
     gates = np.load(gated_bundle / "golden" / "gates_int8io.npy")
     assert np.array_equal(gates[:, 0].astype(bool), logits[:, 0, 0] > lq["zero_point"])
 
@@ -329,6 +366,8 @@ def test_tflm_replays_every_integer_part(gated_bundle):
     for name in names:
         assert tflm["files"][name]["frames"] == m["files"][f"golden/{name.replace('.tflite', '.npz')}"]["calls"]
         assert m["files"][name]["tflm"]["arena"]["minimum_bytes"] > 0
+    logits = tflm["files"]["trunk.int8io.tflite"]["closed_loop"]["tensors"]["logits"]  # judged by the gates it opens
+    assert logits["passed"] and logits["gates"] == m["files"]["golden/trunk.int8io.npz"]["calls"] * m["gating"]["branches"] and logits["gate_flips"] <= 0.02 * logits["gates"]
 
 
 def test_a_corrupted_golden_npz_is_refused_in_one_line(gated_bundle, tmp_path, capsys):

@@ -71,6 +71,18 @@ def test_gated_bundle_replays_every_integer_part_under_tflm(runtime_tflm):
         assert r["facts"]["arena"]["minimum_bytes"] > 0 and r["replay"]["frames"] == len(calls) > 0, name
 
 
+def test_closed_loop_judges_logits_by_the_gates_they_open():
+    """Logits that drift by many LSB but open the same gates pass; beyond the share of differing
+    gates they fail, however small the drift in LSB."""
+    want = np.tile(np.array([[-60, 40]], np.int8), (100, 1))  # [frames, K], zero point -10
+    drift = (want + np.int8(30)).astype(np.int8)  # 30 LSB on every frame, no gate changes
+    assert tflm._gates(drift, want, -10, tflm.TOLERANCE)["passed"]
+    flipped = want.copy()
+    flipped[:5, 0] = -9  # just above the zero point: 5 of 200 gates open that were closed
+    r = tflm._gates(flipped, want, -10, tflm.TOLERANCE)
+    assert r["gate_flips"] == 5 and r["gates"] == 200 and not r["passed"] and r["max_lsb"] == 51
+
+
 def test_unknown_operator_is_named(runtime_tflm):
     with pytest.raises(tflm.TflmError, match="POW"):
         tflm.resolver({"CONV_2D": 1, "POW": 1})
