@@ -11,13 +11,17 @@ SI-SDR, DNSMOS OVRL; overall and at -5 dB input SNR) next to the teachers' own s
 
 With ``--pool N`` (the default) every run of a seed trains on the same N mixtures, rendered once
 with the teachers' outputs (``distill.pool``): the supervised baseline sees the same data as the
-distilled runs, and methods differ only in their loss. ``dispatch-bb`` is DISPatch with the
-black-box ``--bb-teacher`` (a peer or DeepFilterNet3, ``distill.teachers``) instead of ``--teacher``.
+distilled runs, and methods differ only in their loss. ``dispatch-bb-NAME`` is DISPatch taught by
+the black-box ``--bb-teacher NAME=TEACHER`` (a peer, DeepFilterNet3, a bundle or any checkpoint, a
+generative one included: ``distill.teachers``) instead of ``--teacher``; ``--bb-teacher`` may be
+given more than once, and ``dispatch-bb`` in ``--methods`` stands for one run per black-box teacher.
+The teacher's name is in the run's folder, so a run is never resumed or scored under another teacher.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -39,7 +43,8 @@ METHODS = {
     "two-step": ["--kd", "two-step", "--kd-weight", "1.0", "--two-step-split", "0.3"],
     "dispatch-bb": ["--kd", "dispatch", "--kd-weight", "1.5"],
 }
-BLACK_BOX = {"dispatch-bb"}  # taught by --bb-teacher
+BB = "dispatch-bb"  # taught by a --bb-teacher: runs are named BB-<teacher name>
+DEFAULT_BB = "ulunas"
 METRICS = ("pesq", "estoi", "si_sdr", "dnsmos_ovrl")
 
 
@@ -53,7 +58,9 @@ def parse_args(argv):
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "kd_ablation")
     # UL-UNAS is the strongest peer on the 40 validation files of each set (SI-SDR dev / dev-ood: UL-UNAS
     # 12.31 / 6.44 dB, GTCRN 11.18 / 6.23, DeepFilterNet3 11.23 / 2.12: it keeps the rooms' reverberation)
-    p.add_argument("--bb-teacher", default="ulunas", help=f"the black-box teacher of dispatch-bb: {teachers.FORMS}")
+    p.add_argument("--bb-teacher", action="append", metavar="[NAME=]TEACHER",
+                   help=f"a black-box teacher of dispatch-bb-NAME (default: {DEFAULT_BB}); repeatable: {teachers.FORMS}. "
+                   "NAME defaults to the peer's name or the checkpoint's folder")  # fmt: skip
     p.add_argument("--peers", default=teachers.PEERS_DIR, metavar="DIR", help="folder of the peer models (for --bb-teacher)")
     p.add_argument("--sizes", default="student-erb-30k")
     p.add_argument("--methods", default=",".join(METHODS))
@@ -69,6 +76,42 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def bb_name(text: str) -> str:
+    """The name a black-box teacher's runs are filed under: ``NAME=`` if given, else the peer's name,
+    or the file's stem (its folder's name for a run's last.pt / best.pt)."""
+    if "=" in text:
+        return text.split("=", 1)[0]
+    path = Path(text)
+    return path.parent.name if path.suffix == ".pt" and path.stem in ("last", "best") else path.stem if path.suffix else path.name
+
+
+def bb_teachers(given: list[str] | None) -> dict[str, str]:
+    """``--bb-teacher`` values as name -> teacher; raises ValueError on a bad or repeated name."""
+    found = {}
+    for text in given or [DEFAULT_BB]:
+        name, spec = bb_name(text), text.split("=", 1)[1] if "=" in text else text
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ValueError(f"--bb-teacher {text}: the name {name!r} must be letters, digits, '_', '.' or '-' (it names the run's folder); give NAME=TEACHER")
+        if name in found:
+            raise ValueError(f"--bb-teacher {text}: the name {name} is given twice; give NAME=TEACHER")
+        found[name] = spec
+    return found
+
+
+def expand_methods(text: str, bb: dict[str, str]) -> list[str]:
+    """``--methods`` with ``dispatch-bb`` as one run per black-box teacher; raises ValueError on an unknown one."""
+    methods = []
+    for m in (m.strip() for m in text.split(",") if m.strip()):
+        if m == BB:
+            methods += [f"{BB}-{name}" for name in bb]
+        elif m in METHODS or m.removeprefix(BB + "-") in bb:
+            methods.append(m)
+        else:
+            known = ", ".join([*METHODS, *(f"{BB}-{n}" for n in bb)])
+            raise ValueError(f"unknown method {m}; choose from {known} (dispatch-bb-NAME needs --bb-teacher NAME=TEACHER)")
+    return list(dict.fromkeys(methods))
+
+
 def train_args(args, size: str, method: str, seed: int, out: Path, val_sets: list[Path]) -> list[str]:
     base = [
         "--model", size, "--clean", str(args.data / "clean"), "--noise", str(args.data / "noise"),
@@ -82,9 +125,9 @@ def train_args(args, size: str, method: str, seed: int, out: Path, val_sets: lis
         base += ["--rir", str(args.data / "rir")]
     if args.pool:
         base += ["--pool", str(args.pool), "--pool-dir", str(args.pool_dir)]
-    if method in BLACK_BOX:
-        base += ["--teacher", args.bb_teacher, "--peers", str(args.peers)]
-    elif METHODS[method]:
+    if method.startswith(BB + "-"):
+        return base + ["--teacher", args.bb[method.removeprefix(BB + "-")], "--peers", str(args.peers)] + METHODS[BB]
+    if METHODS[method]:
         base += ["--teacher", str(args.teacher)]
     return base + METHODS[method]
 
@@ -97,11 +140,13 @@ def finished(run: Path, steps: int) -> bool:
 def main(argv=None) -> int:
     args = parse_args(argv)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        print(f"error: unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}", file=sys.stderr)
+    try:
+        args.bb = bb_teachers(args.bb_teacher)
+        methods = expand_methods(args.methods, args.bb)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
+    used_bb = {m.removeprefix(BB + "-") for m in methods if m.startswith(BB + "-")}
     try:
         sets = parse_sets(args.devset, "--devset")
     except SetError as e:
@@ -125,7 +170,8 @@ def main(argv=None) -> int:
                     print(f"error: run {run} stopped with exit code {code}; run the ablation again to resume it", file=sys.stderr)
                     return code
     driver = ["python -m benchmarks.kd_ablation", f"--data {args.data}", f"--teacher {args.teacher}"]
-    driver += [f"--bb-teacher {args.bb_teacher} --peers {args.peers}"] if BLACK_BOX & set(methods) else []
+    driver += [f"--bb-teacher {name}={spec}" for name, spec in args.bb.items() if name in used_bb]
+    driver += [f"--peers {args.peers}"] if used_bb else []
     driver += [f"--devset {d}" for d in args.devset]
     driver += [f"--sizes {args.sizes}", f"--methods {args.methods}", f"--steps {args.steps}", f"--batch {args.batch}", f"--pool {args.pool}"]
     driver += ["--seeds " + " ".join(map(str, args.seeds))] + ([f"--files {args.files}"] if args.files else [])
@@ -136,6 +182,13 @@ def main(argv=None) -> int:
         "Each run:\n\n```sh\n" + "\n".join(commands) + "\n```\n"
     )
     return evaluate(args, sizes, methods, sets)
+
+
+def teacher_rows(args, methods) -> list[tuple[str, str]]:
+    """(label, teacher) of every teacher the table scores: --teacher and the black-box teachers in use."""
+    used = [m.removeprefix(BB + "-") for m in methods if m.startswith(BB + "-")]
+    bb = [(f"bb-teacher {name}" + ("" if name == args.bb[name] else f" = {args.bb[name]}"), args.bb[name]) for name in used]
+    return [(f"teacher {args.teacher}", str(args.teacher))] + bb
 
 
 def evaluate(args, sizes, methods, sets: dict[str, Path]) -> int:
@@ -169,13 +222,13 @@ def score_set(args, sizes, methods, name: str, ds: EvalSet) -> dict:
 
     noisy = ds.summarise(cached("noisy"))
     results = {"files": len(ds.items), "noisy": noisy, "teachers": {}, "runs": {}}
-    for label, text in [("teacher", str(args.teacher))] + ([("bb-teacher", args.bb_teacher)] if BLACK_BOX & set(methods) else []):
+    for label, text in teacher_rows(args, methods):
         try:
             spec = teachers.resolve(text, args.peers)
             system = f"teacher-{spec.identity()[:16]}"  # another teacher under the same name is scored anew
-            results["teachers"][f"{label} {text}"] = ds.summarise(cached(system, lambda: one_signal(spec.open())))
+            results["teachers"][label] = ds.summarise(cached(system, lambda: one_signal(spec.open())))
         except teachers.TeacherError as e:
-            print(f"note: {label} {text} left out of the {name} table: {e}")
+            print(f"note: {label} left out of the {name} table: {e}")
     for size in sizes:
         for method in methods:
             for seed in args.seeds:

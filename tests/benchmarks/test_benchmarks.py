@@ -68,25 +68,41 @@ def test_kd_ablation_trains_scores_and_tabulates(small_checkpoint, small_devset,
             sf.write(tmp_path / "data" / kind / f"{i}.wav", make(rng, 48000), 16000)
     ood, out = one_file_copy(small_devset, tmp_path / "ood"), tmp_path / "out"
     args = ["--data", str(tmp_path / "data"), "--teacher", str(small_checkpoint), "--devset", str(small_devset), "--devset", f"other={ood}",
-            "--out", str(out), "--sizes", "student-30k", "--methods", "none,dispatch", "--seeds", "0", "--steps", "2", "--batch", "2",
-            "--pool", "4", "--pool-dir", str(tmp_path / "pools")]  # fmt: skip
+            "--out", str(out), "--sizes", "student-30k", "--methods", "none,dispatch,dispatch-bb", "--seeds", "0", "--steps", "2",
+            "--batch", "2", "--pool", "4", "--pool-dir", str(tmp_path / "pools"), "--bb-teacher", f"mine={small_checkpoint}"]  # fmt: skip
     assert kd_ablation.main(args) == 0
     sets = json.loads((out / "results.json").read_text())["sets"]
     assert list(sets) == [small_devset.name, "other"], "a bare DIR is named after its folder"
     assert [s["files"] for s in sets.values()] == [2, 1]
     for s in sets.values():
-        assert set(s["table"]) == {"student-30k/none", "student-30k/dispatch"}
+        assert set(s["table"]) == {"student-30k/none", "student-30k/dispatch", "student-30k/dispatch-bb-mine"}
     md = (out / "results.md").read_text()
     assert f"## {small_devset.name}: {small_devset} (2 files)" in md and f"## other: {ood} (1 files)" in md
     commands = (out / "commands.md").read_text()
     assert f"--devset {small_devset} --devset other={ood} --sizes" in commands, "the driver line gives every set back as it was given"
     assert f"--val-dir {small_devset} " in commands and f"--val-dir {ood}" not in commands, "runs validate on the first set only"
     assert f"--val-ood {ood}" in commands, "and log the second as their out-of-domain curve"
-    assert commands.count(f"--pool 4 --pool-dir {tmp_path / 'pools'}") == 2, "the baseline trains on the distilled runs' pool"
+    assert commands.count(f"--pool 4 --pool-dir {tmp_path / 'pools'}") == 3, "the baseline trains on the distilled runs' pool"
+    assert f"--out {out / 'runs' / 'student-30k' / 'dispatch-bb-mine' / 'seed0'} " in commands and f"--teacher {small_checkpoint} --peers" in commands
+    assert f"--bb-teacher mine={small_checkpoint} " in commands, "the driver line names the black-box teacher"
     assert len(list((tmp_path / "pools").iterdir())) == 1, "one pool for both methods of a seed"
     assert f"| (teacher {small_checkpoint}) |" in md, "the teacher's own scores are in the table"
+    assert f"| (bb-teacher mine = {small_checkpoint}) |" in md, "and the black-box teacher's"
     assert (out / "scores" / "other" / "1-files" / "student-30k_dispatch_seed0.json").is_file()
     assert kd_ablation.main(args) == 0, "a second run reuses the finished runs and cached scores"
+
+
+def test_kd_ablation_names_each_black_box_teachers_runs():
+    bb = kd_ablation.bb_teachers(["ulunas", "runs/rosecd/last.pt", "big=runtime/bundles/default", "../peers/gtcrn/gtcrn_simple.onnx"])
+    assert bb == {"ulunas": "ulunas", "rosecd": "runs/rosecd/last.pt", "big": "runtime/bundles/default", "gtcrn_simple": "../peers/gtcrn/gtcrn_simple.onnx"}
+    assert kd_ablation.bb_teachers(None) == {"ulunas": "ulunas"}
+    assert kd_ablation.expand_methods("none,dispatch-bb,dispatch-bb-big", bb) == [
+        "none", "dispatch-bb-ulunas", "dispatch-bb-rosecd", "dispatch-bb-big", "dispatch-bb-gtcrn_simple"]
+    for bad, message in [(["a=x", "a=y"], "given twice"), (["a b=x"], "must be letters")]:
+        with pytest.raises(ValueError, match=message):
+            kd_ablation.bb_teachers(bad)
+    with pytest.raises(ValueError, match="unknown method dispatch-bb-dfn3"):
+        kd_ablation.expand_methods("dispatch-bb-dfn3", bb)
 
 
 def test_kd_ablation_refuses_a_bad_devset_before_training(small_checkpoint, small_devset, tmp_path, capsys):
