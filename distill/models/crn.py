@@ -50,6 +50,21 @@ class BoundedMask(nn.Module):
         return (z * (torch.tanh(r) / r)).permute(0, 2, 3, 1)  # [B, T, F, 2]
 
 
+@torch.no_grad()
+def start_real(conv: nn.Module, gain: float = 1.0, scale: float = 0.1) -> None:
+    """Initialise the convolution whose (re, im) output channels feed ``BoundedMask`` so that the
+    first masks are close to the real gain tanh(``gain``) on every bin.
+
+    From a random start the mask's mean phase depends on the seed, and training settles on
+    whichever side of the inverted output it starts: an output at -1 times the clean speech is a
+    saddle of the spectral loss, and the network, which sets the sign of every bin through the
+    same last layer, stays there (a student-erb-30k run reached +5.8 dB validation SI-SDR at a
+    correlation of -0.85 with the clean speech). Starting as a pass-through puts every run on the
+    right side."""
+    conv.weight.mul_(scale)
+    conv.bias.copy_(torch.tensor([gain, 0.0]))
+
+
 @dataclass(frozen=True)
 class CRNConfig:
     stft: StftConfig = field(default_factory=StftConfig)  # signal contract the model was trained on
@@ -120,6 +135,7 @@ class CRN(nn.Module):
         self.decoder = nn.ModuleList(
             CausalConv(c.channels[l], outs[l], bins[l + 1], transpose=True, out_bins=bins[l]) for l in range(len(c.channels))
         )
+        start_real(self.decoder[0].conv)
         self.dec_norms = nn.ModuleList(nn.BatchNorm2d(ch) for ch in outs[1:])
         self.act = nn.LeakyReLU(c.slope)
         self.features = CompressedFeatures(c.compress)

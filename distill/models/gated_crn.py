@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from distill.dsp import StftConfig
-from distill.models.crn import BoundedMask, CompressedFeatures
+from distill.models.crn import BoundedMask, CompressedFeatures, start_real
 from distill.models.layers import CausalConv, GroupedGRU, fold_norms
 
 
@@ -96,6 +96,7 @@ class Branch(nn.Module):
         self.decoder = nn.ModuleList(
             CausalConv(t[l] + b[l], outs[l], bins[l + 1], transpose=True, out_bins=bins[l]) for l in range(len(t))
         )
+        start_real(self.decoder[0].conv, gain=0.0)  # adds about nothing to the trunk's pass-through at first
         self.dec_norms = nn.ModuleList(nn.BatchNorm2d(w) for w in outs[1:])
         self.width, self.bins = b[-1], bins[-1]
 
@@ -125,6 +126,7 @@ class GatedCRN(nn.Module):
         self.decoder = nn.ModuleList(
             CausalConv(c.channels[l], outs[l], bins[l + 1], transpose=True, out_bins=bins[l]) for l in range(len(c.channels))
         )
+        start_real(self.decoder[0].conv)
         self.dec_norms = nn.ModuleList(nn.BatchNorm2d(ch) for ch in outs[1:])
         self.branches = nn.ModuleList(Branch(c, bins) for _ in range(c.branches))
         self.policy = Policy(c.stft.bins, flat, c.policy_bands, c.policy_hidden, c.branches)

@@ -73,6 +73,21 @@ def test_mask_is_bounded():
     assert mag.max() <= 1.0 + 1e-6
 
 
+@pytest.mark.parametrize("name", ["student-erb-30k", "student-erb", "teacher-erb", "student", "gated-student"])
+def test_a_new_model_starts_as_a_positive_pass_through(name):
+    """Every seed starts on the right side of the inverted output (a saddle training stays on):
+    the first masks are a real gain near tanh(1), so the output correlates with the input."""
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = build(name).train()
+        x = torch.randn(2, 16000)
+        with torch.no_grad():
+            out = model(stft(x, model.config.stft))
+        mask = out[0] if isinstance(out, tuple) else out  # [B, T, F, 2]
+        assert mask[..., 0].mean() == pytest.approx(0.76, abs=0.05) and mask[..., 1].abs().mean() < 0.1, (name, seed)
+        assert mask[..., 0].min() > 0, (name, seed)
+
+
 def test_preset_sizes():
     teacher, student, small = (cost(build(n)) for n in ("teacher", "student", "student-30k"))
     assert 1_000_000 <= teacher.params <= 2_000_000
