@@ -126,9 +126,13 @@ TINY = json.dumps({"channels": [4, 4, 8], "rnn_groups": 2, "rnn_layers": 1})
 
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory):
+    """An untrained teacher with a random last layer: its outputs are far from the pass-through
+    every student starts as, so each KD term has something to fall from."""
     torch.manual_seed(1)
+    model = build("crn", channels=(8, 8, 8), rnn_groups=2, rnn_layers=1)
+    model.decoder[0].conv.reset_parameters()
     path = tmp_path_factory.mktemp("t") / "teacher.pt"
-    checkpoint.save(path, build("crn", channels=(8, 8, 8), rnn_groups=2, rnn_layers=1))
+    checkpoint.save(path, model)
     return path
 
 
