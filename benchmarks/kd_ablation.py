@@ -112,6 +112,11 @@ def expand_methods(text: str, bb: dict[str, str]) -> list[str]:
     return list(dict.fromkeys(methods))
 
 
+def bb_used(methods: list[str]) -> list[str]:
+    """The names of the black-box teachers whose runs are among ``methods``."""
+    return [m.removeprefix(BB + "-") for m in methods if m.startswith(BB + "-")]
+
+
 def train_args(args, size: str, method: str, seed: int, out: Path, val_sets: list[Path]) -> list[str]:
     base = [
         "--model", size, "--clean", str(args.data / "clean"), "--noise", str(args.data / "noise"),
@@ -146,7 +151,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    used_bb = {m.removeprefix(BB + "-") for m in methods if m.startswith(BB + "-")}
+    used_bb = bb_used(methods)
     try:
         sets = parse_sets(args.devset, "--devset")
     except SetError as e:
@@ -186,8 +191,7 @@ def main(argv=None) -> int:
 
 def teacher_rows(args, methods) -> list[tuple[str, str]]:
     """(label, teacher) of every teacher the table scores: --teacher and the black-box teachers in use."""
-    used = [m.removeprefix(BB + "-") for m in methods if m.startswith(BB + "-")]
-    bb = [(f"bb-teacher {name}" + ("" if name == args.bb[name] else f" = {args.bb[name]}"), args.bb[name]) for name in used]
+    bb = [(f"bb-teacher {name}" + ("" if name == args.bb[name] else f" = {args.bb[name]}"), args.bb[name]) for name in bb_used(methods)]
     return [(f"teacher {args.teacher}", str(args.teacher))] + bb
 
 
