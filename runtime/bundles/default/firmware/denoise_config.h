@@ -8,28 +8,28 @@
 #define DENOISE_HOP                 160  /* signal.hop: samples in and out per frame */
 #define DENOISE_BINS                161  /* signal.bins */
 #define DENOISE_FEATURE_POWER       0.300000012f  /* transforms.features.power */
-#define DENOISE_FEATURES_SCALE      0.0225347113f  /* input 'features' */
-#define DENOISE_FEATURES_ZERO_POINT (-1)
+#define DENOISE_FEATURES_SCALE      0.0224728901f  /* input 'features' */
+#define DENOISE_FEATURES_ZERO_POINT (0)
 #define DENOISE_FEATURES_LEN        483  /* [1, 3, 1, 161] */
-#define DENOISE_Z_SCALE             0.0323077179f  /* output 'z' */
-#define DENOISE_Z_ZERO_POINT        (-98)
+#define DENOISE_Z_SCALE             0.0221153125f  /* output 'z' */
+#define DENOISE_Z_ZERO_POINT        (-118)
 #define DENOISE_Z_LEN               322  /* [1, 2, 1, 161] */
 #define DENOISE_NUM_STATES          11  /* graph inputs and outputs 1.. in this order */
-#define DENOISE_STATES_LEN          5187  /* all states concatenated */
+#define DENOISE_STATES_LEN          3051  /* all states concatenated */
 
 /* Per state, in manifest order: input, output, offset and size in the concatenated buffer,
  * start value (its init quantised with its own scale and zero point). */
 #define DENOISE_STATE_LAYOUT \
-    {"enc0_prev", "enc0_prev_out", 0, 483, -1}, \
-    {"enc1_prev", "enc1_prev_out", 483, 648, -94}, \
-    {"enc2_prev", "enc2_prev_out", 1131, 656, -81}, \
-    {"enc3_prev", "enc3_prev_out", 1787, 504, -75}, \
-    {"enc4_prev", "enc4_prev_out", 2291, 352, -89}, \
-    {"dec0_prev", "dec0_prev_out", 2643, 648, -52}, \
-    {"dec1_prev", "dec1_prev_out", 3291, 656, -63}, \
-    {"dec2_prev", "dec2_prev_out", 3947, 504, -47}, \
-    {"dec3_prev", "dec3_prev_out", 4451, 352, -44}, \
-    {"dec4_prev", "dec4_prev_out", 4803, 192, 7}, \
-    {"gru0_h", "gru0_h_out", 4995, 192, -1}
+    {"enc0_prev", "enc0_prev_out", 0, 243, -1}, \
+    {"enc1_prev", "enc1_prev_out", 243, 369, -77}, \
+    {"enc2_prev", "enc2_prev_out", 612, 378, -82}, \
+    {"enc3_prev", "enc3_prev_out", 990, 297, -79}, \
+    {"enc4_prev", "enc4_prev_out", 1287, 216, -87}, \
+    {"dec0_prev", "dec0_prev_out", 1503, 369, -64}, \
+    {"dec1_prev", "dec1_prev_out", 1872, 378, -65}, \
+    {"dec2_prev", "dec2_prev_out", 2250, 297, -16}, \
+    {"dec3_prev", "dec3_prev_out", 2547, 216, -67}, \
+    {"dec4_prev", "dec4_prev_out", 2763, 144, -6}, \
+    {"gru0_h", "gru0_h_out", 2907, 144, -1}
 
 #endif /* DENOISE_CONFIG_H */

@@ -12,12 +12,12 @@ extern const unsigned int golden_int8io_input_len;
 extern const int8_t golden_int8io_output[64400];
 extern const unsigned int golden_int8io_output_len;
 
-// shape [5187]
-extern const int8_t golden_int8io_initial_states[5187];
+// shape [3051]
+extern const int8_t golden_int8io_initial_states[3051];
 extern const unsigned int golden_int8io_initial_states_len;
 
-// shape [5187]
-extern const int8_t golden_int8io_final_states[5187];
+// shape [3051]
+extern const int8_t golden_int8io_final_states[3051];
 extern const unsigned int golden_int8io_final_states_len;
 
 #endif  // GOLDEN_INT8IO_H
