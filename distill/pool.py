@@ -325,6 +325,49 @@ def listing(root: Path) -> list[str]:
     return lines
 
 
+def score(folder: Path, checkpoints: list[Path], mixtures: int = 256) -> list[dict]:
+    """SI-SDR against the clean targets on the first ``mixtures`` mixtures of the pool in ``folder``
+    (those with speech): the noisy input, every teacher's stored outputs, and every checkpoint's
+    offline enhancement. A KD loss on the pool can only pass on what a teacher does better than the
+    student there, on the training material, which the dev sets do not show. Raises PoolError."""
+    import torch
+
+    from distill.dsp import enhance
+    from distill.metrics import si_sdr
+
+    try:
+        index = json.loads((folder / INDEX).read_text())
+        shards = sorted(index["mixtures"])
+        outputs = {field: e for field, e in index["teachers"].items() if set(shards) <= set(e["shards"])}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise PoolError(f"{folder}: not a readable pool ({e}); give a folder with {INDEX}, as `python -m distill.pool list` shows them") from None
+    models = {}
+    for path in checkpoints:
+        from distill.checkpoint import CheckpointError, load_model
+
+        try:
+            models[str(path)] = load_model(path)
+        except CheckpointError as e:
+            raise PoolError(str(e)) from None
+    rows = {"noisy input": [], **{f"teacher {e['teacher']}": [] for e in outputs.values()}, **{f"checkpoint {n}": [] for n in models}}
+    left = mixtures
+    for k in shards:
+        if left <= 0:
+            break
+        mix = np.load(folder / f"mix-{k}.npy")[:left].astype(np.float32)  # [rows, 2, L]
+        left -= len(mix)
+        speech = (mix[:, 1] ** 2).sum(-1) > 1e-6
+        noisy, clean = mix[speech, 0], mix[speech, 1]  # [n, L] each
+        taught = {f"teacher {e['teacher']}": np.load(folder / f"{field}-{k}.npy")[: len(mix)][speech].astype(np.float32) for field, e in outputs.items()}
+        with torch.no_grad():
+            est = {f"checkpoint {n}": enhance(m, torch.from_numpy(noisy)).numpy() for n, m in models.items()}  # [n, L] each
+        for name, signals in {"noisy input": noisy, **taught, **est}.items():
+            rows[name] += [si_sdr(e, c) for e, c in zip(signals, clean)]
+    base = np.mean(rows["noisy input"])
+    return [{"system": name, "mixtures": len(v), "mean": float(np.mean(v)), "median": float(np.median(v)), "gain": float(np.mean(v) - base)}
+            for name, v in rows.items()]  # fmt: skip
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m distill.pool", description="Render and list pools of training mixtures with teacher outputs.")
@@ -333,12 +376,25 @@ def main(argv=None) -> int:
                    help="render the pool a training command will use: give that command's options (python -m distill.train --help), --pool N included")  # fmt: skip
     ls = sub.add_parser("list", help="the pools in a folder")
     ls.add_argument("folder", nargs="?", default="data/pools", type=Path)
+    sc = sub.add_parser("score", help="SI-SDR on a pool's mixtures: the noisy input, its teachers' outputs and checkpoints' enhancement")
+    sc.add_argument("folder", type=Path, help="one pool: POOL_DIR/KEY")
+    sc.add_argument("--checkpoint", nargs="*", default=[], type=Path, help="models to enhance the same mixtures with (students, say)")
+    sc.add_argument("--mixtures", type=int, default=256, help="score the pool's first N mixtures (default: 256)")
     if argv[:1] == ["render"]:
         return render(argv[1:])
     args = p.parse_args(argv)
     if not args.folder.is_dir():
         print(f"error: {args.folder}: no such folder", file=sys.stderr)
         return 2
+    if args.cmd == "score":
+        try:
+            rows = score(args.folder, args.checkpoint, args.mixtures)
+        except PoolError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print("| system | mixtures | SI-SDR mean (dB) | median | gain over noisy |\n|---|---:|---:|---:|---:|")
+        print("\n".join(f"| {r['system']} | {r['mixtures']} | {r['mean']:.2f} | {r['median']:.2f} | {r['gain']:+.2f} |" for r in rows))
+        return 0
     print("\n".join(listing(args.folder)) or f"no pools in {args.folder}")
     return 0
 

@@ -188,3 +188,29 @@ def test_bad_pool_options_are_one_error_line(tmp_path, capsys):
         assert len(err.splitlines()) == 1 and err.startswith("error:") and words in err, err
     assert pool.main(["render", "--synthetic", "--out", str(tmp_path / "c")]) == 2
     assert "--pool N" in capsys.readouterr().err
+
+
+def test_score_compares_the_teachers_outputs_and_checkpoints_on_the_pool_mixtures(tmp_path, small_checkpoint, capsys):
+    from distill.dsp import enhance
+    from distill.metrics import si_sdr
+
+    _, p = _sampler(tmp_path, 70, teacher=Gain(0.5))  # two shards, the second short
+    rows = {r["system"]: r for r in pool.score(p.dir, [small_checkpoint], mixtures=66)}
+    noisy, teacher, student = rows["noisy input"], rows["teacher gain 0.5"], rows[f"checkpoint {small_checkpoint}"]
+    assert noisy["mixtures"] == teacher["mixtures"] == student["mixtures"] == 66
+    assert abs(teacher["gain"]) < 1e-3 and abs(teacher["mean"] - noisy["mean"]) < 1e-3  # halving changes no SI-SDR
+    mix = np.concatenate([np.load(p.mix_path(0)), np.load(p.mix_path(1))[:2]]).astype(np.float32)
+    with torch.no_grad():
+        est = enhance(checkpoint.load_model(small_checkpoint), torch.from_numpy(mix[:, 0])).numpy()
+    assert student["mean"] == pytest.approx(np.mean([si_sdr(e, c) for e, c in zip(est, mix[:, 1])]), abs=1e-4)
+    assert student["gain"] < -1  # the untrained model makes its input worse, and the score says so
+
+    assert pool.main(["score", str(p.dir), "--mixtures", "8"]) == 0
+    table = capsys.readouterr().out
+    assert "| noisy input | 8 |" in table and "| teacher gain 0.5 | 8 |" in table
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    for argv in (["score", str(tmp_path / "empty")], ["score", str(p.dir), "--checkpoint", str(tmp_path / "bad.pt")]):
+        assert _code(pool.main, argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error:"), err
