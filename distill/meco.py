@@ -316,14 +316,20 @@ def fit(args, data) -> int:
     model.train().to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: train.lr_factor(s, args))
+    # A compact resume state (distill.checkpoint compact) has no optimiser moments: as in distill.train,
+    # fresh ones start at that step under a short re-warm-up.
+    reset_at = None if state is None else state["step"] if "optimizer" not in state else state.get("moments_reset_at")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: train.lr_factor(s, args) * train.rewarm_factor(s, reset_at))
     step, best, skipped = 0, -math.inf, 0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         ema.module.load_state_dict(state["state_dict"])
         ema.n_averaged.fill_(state["ema_updates"])
         step, best, skipped = state["step"], state["best_val_sisdr"], state["skipped"]
+        if "optimizer" not in state:
+            train.fresh_moments(optimizer, scheduler, step, args, reset_at, last)
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
@@ -360,7 +366,8 @@ def fit(args, data) -> int:
         rng = {"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
         checkpoint.save(path, ema.module, online=model.state_dict(), ema_updates=int(ema.n_averaged.item()), optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict(), step=step, best_val_sisdr=best, skipped=skipped, torch_rng=torch.get_rng_state(), **rng,
-                        train_args=train_args, cost={"params": c.params, "macs_per_frame": c.macs_per_frame}, student=record, meco=settings)  # fmt: skip
+                        train_args=train_args, cost={"params": c.params, "macs_per_frame": c.macs_per_frame}, student=record, meco=settings,
+                        **({"moments_reset_at": reset_at} if reset_at is not None else {}))  # fmt: skip
 
     stop = {"now": False}
     previous = {sig: signal.signal(sig, lambda *_: stop.update(now=True)) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -507,6 +507,15 @@ def rewarm_factor(step: int, reset_at: int | None) -> float:
     return min(1.0, (step - reset_at + 1) / REWARM)
 
 
+def fresh_moments(optimizer, scheduler, step: int, args, reset_at: int, last) -> None:
+    """Resuming a compact state (no optimiser moments): the first step's learning rate is the
+    re-warm-up's, which a scheduler restored from its state does not set."""
+    factor = lr_factor(step, args) * rewarm_factor(step, reset_at)
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base * factor
+    print(f"{last} holds no optimiser moments: fresh ones from step {step}, learning rate re-warmed over {REWARM} steps")
+
+
 class CsvLog:
     """Rows appended to a CSV file. A file from an earlier sitting of the run keeps its rows: columns
     it lacks (a newer version logs more) are added to the end of its header, empty in its old rows."""
@@ -710,10 +719,7 @@ def fit(args, ctx: distributed.Context, replaced: list[Path], weights: dict[str,
         scheduler.load_state_dict(state["scheduler"])
         step, best, skipped = state["step"], state["best_val_sisdr"], state.get("skipped", 0)
         if "optimizer" not in state:
-            factor = lr_factor(step, args) * rewarm_factor(step, reset_at)
-            for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-                group["lr"] = base * factor
-            print(f"{last} holds no optimiser moments: fresh ones from step {step}, learning rate re-warmed over {REWARM} steps")
+            fresh_moments(optimizer, scheduler, step, args, reset_at, last)
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], device)

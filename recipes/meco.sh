@@ -23,6 +23,18 @@ shift $(($# < 3 ? $# : 3))
 PY=${PY:-.venv/bin/python}
 SIZE=${SIZE:-s}
 OUT="$RUNS/meco-$SIZE"
+STATE="recipes/state/meco-$SIZE"
+
+# A run that spans sittings keeps its state in recipes/state/meco-SIZE (committed): SAVE_STATE=1
+# copies it there (compact: no optimiser moments), and a fresh clone continues from it.
+if [ "${SAVE_STATE:-0}" = 1 ]; then
+    mkdir -p "$STATE" && cp "$OUT"/{args.json,train.csv,val.csv} "$STATE/"
+    $PY -m distill.checkpoint compact "$OUT/last.pt" "$STATE/last.pt"
+    exit 0
+fi
+if [ -f "$STATE/last.pt" ] && [ ! -f "$OUT/last.pt" ]; then
+    mkdir -p "$OUT" && cp "$STATE"/* "$OUT/" && echo "restored $OUT from $STATE"
+fi
 
 [ -f data/devset/meta.csv ] || $PY -m distill.devset render --clean "$DATA/clean" --noise "$DATA/noise" --out data/devset
 [ -f data/dev-ood/meta.csv ] || $PY -m distill.devset render-ood --clean "$DATA/clean" --noise "$DATA/noise" --rir "$DATA/rir" --out data/dev-ood

@@ -215,6 +215,24 @@ def test_training_keeps_the_student_logs_and_resumes_exactly(small_checkpoint, s
     assert not all(torch.equal(whole["state_dict"][k], whole["online"][k]) for k in whole["online"]), "EMA and online weights differ"
 
 
+def test_training_resumes_from_a_compact_state_with_fresh_moments(small_checkpoint, tmp_path, capsys):
+    """What recipes/state keeps of a corrector run (no optimiser moments) continues it, re-warmed."""
+    run = tmp_path / "run"
+    assert _train(small_checkpoint, run, 20, "--stop-at", "10", "--warmup", "2", "--log-every", "1") == 0
+    before = checkpoint.read(run / "last.pt")
+    kept = checkpoint.compact(run / "last.pt", run / "last.pt")
+    assert "optimizer" not in kept and kept["moments_reset_at"] == 10 and "online" in kept and "student" in kept
+    capsys.readouterr()
+    assert meco.main(["train", "--resume", "--out", str(run), "--synthetic", "--seconds", "0.5", "--steps", "20", "--batch", "2", "--warmup", "2",
+                      "--val-every", "1000", "--log-every", "1", "--threads", "1", "--no-progress"]) == 0  # fmt: skip
+    assert "fresh ones from step 10" in capsys.readouterr().out
+    lr = {int(r["step"]): float(r["lr"]) for r in _rows(run / "train.csv")}
+    assert sorted(lr) == list(range(1, 21)) and lr[11] < 0.05 * lr[10], "one row per step; the rate re-warms after the reset"
+    after = checkpoint.read(run / "last.pt")
+    assert after["step"] == 20 and after["moments_reset_at"] == 10 and "optimizer" in after
+    assert not all(torch.equal(after["online"][k], before["online"][k]) for k in before["online"]), "it trained on"
+
+
 def test_a_corrector_checkpoint_enhances_and_evaluates(small_checkpoint, small_devset, tmp_path, capsys):
     from distill import enhance, evaluate
 
