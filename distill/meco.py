@@ -318,17 +318,17 @@ def fit(args, data) -> int:
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     # A compact resume state (distill.checkpoint compact) has no optimiser moments: as in distill.train,
     # fresh ones start at that step under a short re-warm-up.
-    reset_at = None if state is None else state["step"] if "optimizer" not in state else state.get("moments_reset_at")
+    reset_at = train.moments_reset_at(state)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: train.lr_factor(s, args) * train.rewarm_factor(s, reset_at))
     step, best, skipped = 0, -math.inf, 0
     if state is not None:
-        if "optimizer" in state:
-            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         ema.module.load_state_dict(state["state_dict"])
         ema.n_averaged.fill_(state["ema_updates"])
         step, best, skipped = state["step"], state["best_val_sisdr"], state["skipped"]
-        if "optimizer" not in state:
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+        else:
             train.fresh_moments(optimizer, scheduler, step, args, reset_at, last)
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in state:

@@ -332,6 +332,7 @@ def score(folder: Path, checkpoints: list[Path], mixtures: int = 256) -> list[di
     student there, on the training material, which the dev sets do not show. Raises PoolError."""
     import torch
 
+    from distill.checkpoint import CheckpointError, load_model
     from distill.dsp import enhance
     from distill.metrics import si_sdr
 
@@ -343,8 +344,6 @@ def score(folder: Path, checkpoints: list[Path], mixtures: int = 256) -> list[di
         raise PoolError(f"{folder}: not a readable pool ({e}); give a folder with {INDEX}, as `python -m distill.pool list` shows them") from None
     models = {}
     for path in checkpoints:
-        from distill.checkpoint import CheckpointError, load_model
-
         try:
             models[str(path)] = load_model(path)
         except CheckpointError as e:

@@ -507,6 +507,14 @@ def rewarm_factor(step: int, reset_at: int | None) -> float:
     return min(1.0, (step - reset_at + 1) / REWARM)
 
 
+def moments_reset_at(state: dict | None) -> int | None:
+    """The step a resumed run's optimiser moments started from scratch: a compact state's own step
+    (it has none), or the one an earlier compact resume recorded; None for a run that never lost them."""
+    if state is None:
+        return None
+    return state["step"] if "optimizer" not in state else state.get("moments_reset_at")
+
+
 def fresh_moments(optimizer, scheduler, step: int, args, reset_at: int, last) -> None:
     """Resuming a compact state (no optimiser moments): the first step's learning rate is the
     re-warm-up's, which a scheduler restored from its state does not set."""
@@ -707,7 +715,7 @@ def fit(args, ctx: distributed.Context, replaced: list[Path], weights: dict[str,
         raise Failure(f"{last} holds no training state to resume (a stripped checkpoint); start a run from it with --init")
     # A compact resume state (distill.checkpoint compact) has no optimiser moments: fresh ones start
     # at that step, under a short re-warm-up so their first, noisy estimates take small steps.
-    reset_at = None if state is None else state["step"] if "optimizer" not in state else state.get("moments_reset_at")
+    reset_at = moments_reset_at(state)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, args) * rewarm_factor(s, reset_at))
     step, best, skipped = 0, -math.inf, 0
     if state is not None:
