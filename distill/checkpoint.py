@@ -96,13 +96,15 @@ def load_model(path: str | os.PathLike) -> torch.nn.Module:
     return model.eval()
 
 
-def strip(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
-    """Copy a training checkpoint without its optimiser and resume state: what a release ships."""
+def strip(src: str | os.PathLike, dst: str | os.PathLike, update: dict | None = None) -> dict:
+    """Copy a training checkpoint without its optimiser and resume state: what a release ships.
+    ``update`` replaces entries of the copy (e.g. a corrector's ``meco`` settings)."""
     payload = read(src)
     dst = Path(dst)
     if dst.is_dir() or not dst.parent.is_dir():
         raise CheckpointError(f"{dst}: " + ("is a folder; give a file name" if dst.is_dir() else f"folder {dst.parent} does not exist"))
     keep = {k: payload[k] for k in ("model", "state_dict", "versions", "train_args", "step", "cost", "best_val_sisdr", "repairs", "student", "meco") if k in payload}
+    keep.update(update or {})
     _write({"format": FORMAT, "format_version": FORMAT_VERSION, **keep}, dst)
     return keep
 

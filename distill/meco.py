@@ -153,6 +153,17 @@ def load_chain(path: str | Path, noise: str | None = None, seed: int | None = No
         raise checkpoint.CheckpointError(f"{path}: {e}") from None
 
 
+def set_noise(src: str | Path, dst: str | Path, noise: str, seed: int = 0) -> dict:
+    """Copy a corrector's checkpoint (stripped of its training state) whose one-step inference
+    uses ``noise`` ("seeded" from ``seed``, or "zero"): ``distill.evaluate`` and ``python -m
+    export`` then score and export the chain with that eps. Raises CheckpointError."""
+    if Path(dst).resolve() == Path(src).resolve():
+        raise checkpoint.CheckpointError(f"{dst}: give a new file; the source is kept as it is")
+    load_chain(src, noise, seed)
+    settings = checkpoint.read(src).get("meco", {})
+    return checkpoint.strip(src, dst, update={"meco": {**settings, "noise": noise, "seed": seed}})
+
+
 def load_enhancer(path: str | Path) -> nn.Module:
     """A checkpoint's offline enhancer, in eval mode: its model, or for a corrector's checkpoint
     the student and the corrector chained. Raises CheckpointError."""
@@ -457,15 +468,35 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
 
 
+def _noise_command(argv) -> int:
+    p = argparse.ArgumentParser(prog="python -m distill.meco noise", description="Copy a corrector's checkpoint whose one-step inference uses another eps: to evaluate or export "
+                                "the chain with eps = 0 and with seeded eps (docs/meco.md).")
+    p.add_argument("src", type=Path, help="a corrector's checkpoint (best.pt of distill.meco train)")
+    p.add_argument("dst", type=Path, help="the copy to write (without training state)")
+    p.add_argument("--infer-noise", choices=NOISE_MODES, required=True, help="eps of the copy's one-step inference")
+    p.add_argument("--noise-seed", type=train.COUNT, default=0, help="seed of the eps generator (--infer-noise seeded)")
+    args = p.parse_args(argv)
+    try:
+        set_noise(args.src, args.dst, args.infer_noise, args.noise_seed)
+    except checkpoint.CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.dst}: the chain of {args.src} with {args.infer_noise} eps" + (f" (seed {args.noise_seed})" if args.infer_noise == "seeded" else ""))
+    return 0
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"train": "train a corrector on top of a frozen student"}
+    commands = {"train": "train a corrector on top of a frozen student",
+                "noise": "copy a corrector's checkpoint to run its one-step inference with another eps (seeded or zero)"}
     if not argv or argv[0] not in commands:
         if argv and argv[0] in ("-h", "--help"):
             print(__doc__.split("\n\n")[0] + "\n\ncommands:\n" + "\n".join(f"  {k:8} {v}" for k, v in commands.items()))
             return 0
         print(f"error: give a command: {' or '.join(commands)} (python -m distill.meco COMMAND --help)", file=sys.stderr)
         return 2
+    if argv[0] == "noise":
+        return _noise_command(argv[1:])
     args, data = parse_train_args(argv[1:])
     try:
         return fit(args, data)

@@ -260,6 +260,20 @@ def test_a_corrector_checkpoint_enhances_and_evaluates(small_checkpoint, small_d
     checkpoint.strip(ck, tmp_path / "ship.pt")
     assert isinstance(meco.load_enhancer(tmp_path / "ship.pt"), meco.Chain), "a stripped corrector keeps its student"
 
+    before = ck.read_bytes()
+    assert meco.main(["noise", str(ck), str(tmp_path / "zero.pt"), "--infer-noise", "zero"]) == 0
+    copy = meco.load_enhancer(tmp_path / "zero.pt")
+    assert copy.noise == "zero" and ck.read_bytes() == before, "the copy runs eps = 0; the source is untouched"
+    with torch.no_grad():
+        assert torch.equal(copy.enhance(wav), zero.enhance(wav))
+    assert meco.main(["noise", str(tmp_path / "zero.pt"), str(tmp_path / "s7.pt"), "--infer-noise", "seeded", "--noise-seed", "7"]) == 0
+    assert (meco.load_enhancer(tmp_path / "s7.pt").noise, meco.load_enhancer(tmp_path / "s7.pt").seed) == ("seeded", 7)
+    capsys.readouterr()
+    assert meco.main(["noise", str(ck), str(ck), "--infer-noise", "zero"]) == 2
+    assert "give a new file" in _error_line(capsys) and ck.read_bytes() == before
+    assert meco.main(["noise", str(small_checkpoint), str(tmp_path / "x.pt"), "--infer-noise", "zero"]) == 2
+    assert "not a corrector's" in _error_line(capsys) and not (tmp_path / "x.pt").exists()
+
 
 def _error_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
