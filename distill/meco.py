@@ -39,7 +39,7 @@ from distill.dsp import apply_mask, istft, predict_mask, stft
 from distill.losses import correlation, si_sdr
 from distill.meanflow import DSOConfig, dso_loss, from_flow, one_step, to_flow
 from distill.models import build, config_from_dict, config_to_dict, cost, model_name
-from distill.models.corrector import SIZES, Corrector
+from distill.models.corrector import PREDICTS, SIZES, Corrector
 from runtime.audio import AudioError
 from runtime.noise import gaussian
 
@@ -209,6 +209,8 @@ def _train_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", help='JSON object of corrector config fields overriding --size, e.g. \'{"rnn_layers": 2}\'')
     g.add_argument("--sigma-max", type=train.NON_NEGATIVE, default=0.487, help="path noise at the student end (t = 1)")
     g.add_argument("--t-eps", type=train.number(float, high=0.5), default=0.03, help="smallest t; the one-step inference jumps from 1 to it")
+    g.add_argument("--predict", choices=PREDICTS, default="velocity",
+                   help="the last layer gives u (velocity, MeCo's) or a correction d of the estimate with u = (z_t - estimate - d) / t (clean)")
     d = DSOConfig()
     g = p.add_argument_group("Data-Space Optimization (see docs/meco.md)")
     g.add_argument("--xr-weight", type=train.FRACTION, default=d.xr_weight, help="final weight of the x_r loss (0: none)")
@@ -277,7 +279,7 @@ def corrector_config(args, student: nn.Module):
     overrides = train.model_overrides("corrector", args.config)
     if "stft" in overrides:
         raise ValueError("--config: the corrector takes the student's STFT; leave stft out")
-    fields = {**SIZES[args.size], "sigma_max": args.sigma_max, "t_eps": args.t_eps, **overrides, "stft": dataclasses.asdict(student.config.stft)}
+    fields = {**SIZES[args.size], "sigma_max": args.sigma_max, "t_eps": args.t_eps, "predict": args.predict, **overrides, "stft": dataclasses.asdict(student.config.stft)}
     return config_from_dict("corrector", fields)
 
 

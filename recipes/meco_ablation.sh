@@ -6,11 +6,12 @@
 #   fm-xr    + the x_r loss with the JVP target (--endpoint 0)
 #   dso      + the endpoint SI-SDR loss: the authors' defaults
 #   dso-s0   dso on the deterministic path (--sigma-max 0: no path noise, eps plays no part)
+#   dso-clean  dso with the last layer giving a correction of the estimate (--predict clean)
 # then scores the student alone and every corrector on all of dev and dev-ood (distill.evaluate).
 # Usage:
 #   bash recipes/meco_ablation.sh DATA_DIR [STUDENT] [RUNS_DIR] [more distill.meco train options]
 # Each run resumes where it stopped and is skipped when finished, so the recipe can be stopped and
-# started again with the same command. STEPS (default 2000), SIZE (xs) and VARIANTS (all four, in
+# started again with the same command. STEPS (default 2000), SIZE (xs) and VARIANTS (all five, in
 # the order above) set the scale; mixing as in recipes/meco.sh (the shipped student's).
 set -euo pipefail
 DATA=${1:?usage: bash recipes/meco_ablation.sh DATA_DIR [STUDENT] [RUNS_DIR] [options]}
@@ -20,7 +21,7 @@ shift $(($# < 3 ? $# : 3))
 PY=${PY:-.venv/bin/python}
 SIZE=${SIZE:-xs}
 STEPS=${STEPS:-2000}
-VARIANTS=${VARIANTS:-fm fm-xr dso dso-s0}
+VARIANTS=${VARIANTS:-fm fm-xr dso dso-s0 dso-clean}
 OUT="$RUNS/meco-ablation-$SIZE"
 
 [ -f data/devset/meta.csv ] || $PY -m distill.devset render --clean "$DATA/clean" --noise "$DATA/noise" --out data/devset
@@ -33,7 +34,8 @@ for v in $VARIANTS; do
         fm-xr) opts=(--endpoint 0) ;;
         dso) opts=() ;;
         dso-s0) opts=(--sigma-max 0) ;;
-        *) echo "error: unknown variant '$v' (fm, fm-xr, dso, dso-s0)" >&2; exit 2 ;;
+        dso-clean) opts=(--predict clean) ;;
+        *) echo "error: unknown variant '$v' (fm, fm-xr, dso, dso-s0, dso-clean)" >&2; exit 2 ;;
     esac
     if ! grep -q "^$STEPS," "$OUT/$v/train.csv" 2>/dev/null; then
         $PY -m distill.meco train --student "$STUDENT" --size "$SIZE" --clean "$DATA/clean" --noise "$DATA/noise" \

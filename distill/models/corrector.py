@@ -13,6 +13,14 @@ different t within a batch, and the EMA copy of the weights would have to averag
 At inference the corrector runs once per frame at (r, t) = (t_eps, 1), where ``step``'s defaults
 put it: x = z_1 - (1 - t_eps) u(z_1, t_eps, 1) with z_1 = est + sigma_max * eps (or eps = 0).
 The path and the losses are in :mod:`distill.meanflow`.
+
+``predict`` chooses what the last layer gives. "velocity" (MeCo's): u itself. "clean": a
+correction d of the student's estimate, the network's clean speech being est + d, and
+u = (z_t - est - d) / t, the average velocity towards it from z_t (exact for r = 0 on the
+straight path, where z_t - x = t v). The path noise at t = 1, z_1 - est = sigma_max eps, then
+passes through in closed form, so with d = 0 (the initial layer) the one-step output is the
+estimate plus t_eps * sigma_max * eps under either eps, where "velocity" must learn to cancel
+the noise bin by bin.
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ from distill.dsp import StftConfig
 from distill.models.layers import CausalConv, GroupedGRU
 
 INPUTS = 3  # spectra per frame: flow state z_t, student estimate, noisy input (re/im each)
+PREDICTS = ("velocity", "clean")
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class CorrectorConfig:
     sigma_min: float = 0.0  # path noise at t = 0 (clean end)
     sigma_max: float = 0.487  # path noise at t = 1 (student end; MeCo's value)
     t_eps: float = 0.03  # training draws t in (t_eps, 1]; the one-step inference jumps from 1 to t_eps
+    predict: str = "velocity"  # what the last layer gives: "velocity" (u, MeCo's) or "clean" (a correction of the estimate)
 
     def __post_init__(self):
         if not self.channels or min(self.channels) < 1:
@@ -52,6 +62,8 @@ class CorrectorConfig:
             raise ValueError("sigma_min and sigma_max must be >= 0")
         if not 0 < self.t_eps < 1:
             raise ValueError(f"t_eps must be in (0, 1), got {self.t_eps}")
+        if self.predict not in PREDICTS:
+            raise ValueError(f"predict must be one of {PREDICTS}, got {self.predict!r}")
 
 
 # Named widths, so quality can be set against corrector size (the student's preset is "s"'s body).
@@ -122,8 +134,9 @@ class Corrector(nn.Module):
         self.dec_shift = nn.ModuleList(nn.Linear(c.embed, ch) for ch in outs[1:])
         self.act = nn.SiLU()
         self.bins = bins
-        # u = 0 at the start: the one-step output with eps = 0 is then the student's estimate itself,
-        # so training starts from the student's quality rather than from a random map of it.
+        # A zero last layer (u = 0, or d = 0 for "clean"): the one-step output with eps = 0 is then the
+        # student's estimate itself, so training starts from the student's quality rather than
+        # from a random map of it.
         nn.init.zeros_(self.decoder[0].conv.weight)
         nn.init.zeros_(self.decoder[0].conv.bias)
 
@@ -164,7 +177,13 @@ class Corrector(nn.Module):
             x = self.decoder[l](x + self.skips[l](skips[l]))  # [B, C_{l-1}, T, F_{l-1}]
             if l > 0:
                 x = self.act(x + dec_shift[l - 1])
-        return x.permute(0, 2, 3, 1)  # [B, T, F, 2]
+        return self._velocity(x.permute(0, 2, 3, 1), frames[..., 0:2], frames[..., 2:4], t[:, None, None, None])  # [B, T, F, 2]
+
+    def _velocity(self, out: torch.Tensor, z: torch.Tensor, est: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """u from the last layer's output, per ``predict``; t broadcasts against the spectra."""
+        if self.config.predict == "velocity":
+            return out
+        return (z - est - out) / t
 
     def initial_state(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
         """Zero state: previous input frame of every encoder and decoder conv, then GRU hiddens."""
@@ -182,15 +201,17 @@ class Corrector(nn.Module):
         B = frame.shape[0]
         r = frame.new_full((B,), self.config.t_eps) if r is None else r
         t = frame.new_ones(B) if t is None else t
-        u, state = self.core_step(frame.permute(0, 2, 1).unsqueeze(2), state, self._shifts(r, t))  # [B, 2, 1, F]
+        u, state = self.core_step(frame.permute(0, 2, 1).unsqueeze(2), state, self._shifts(r, t), t[:, None, None, None])  # [B, 2, 1, F]
         return u[:, :, 0].transpose(1, 2), state  # [B, F, 2]
 
-    def core_step(self, x: torch.Tensor, state: tuple[torch.Tensor, ...], shifts: tuple[list[torch.Tensor], list[torch.Tensor]]):
+    def core_step(self, x: torch.Tensor, state: tuple[torch.Tensor, ...], shifts: tuple[list[torch.Tensor], list[torch.Tensor]],
+                  t: torch.Tensor | float = 1.0):
         """One frame of the network, channels first, with the time embedding's per-layer shifts
         given: at inference (r, t) is fixed, so an export computes them once and folds them in.
 
-        Shape: x [B, 6, 1, F], shifts as ``_shifts`` -> (u [B, 2, 1, F], state)
+        Shape: x [B, 6, 1, F], shifts as ``_shifts``, t [B, 1, 1, 1] or a number -> (u [B, 2, 1, F], state)
         """
+        inputs = x
         enc_shift, dec_shift = shifts
         n_enc, n_dec = len(self.encoder), len(self.decoder)
         enc_prev, dec_prev, hidden = state[:n_enc], state[n_enc : n_enc + n_dec], state[n_enc + n_dec :]
@@ -210,4 +231,5 @@ class Corrector(nn.Module):
             x, new_dec[l] = self.decoder[l].step(x + self.skips[l](skips[l]), dec_prev[l])
             if l > 0:
                 x = self.act(x + dec_shift[l - 1])  # [B, C_{l-1}, 1, F_{l-1}]
-        return x, tuple(new_enc) + tuple(new_dec) + tuple(new_h)  # [B, 2, 1, F]
+        u = self._velocity(x, inputs[:, 0:2], inputs[:, 2:4], t)  # [B, 2, 1, F]
+        return u, tuple(new_enc) + tuple(new_dec) + tuple(new_h)

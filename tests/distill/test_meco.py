@@ -30,8 +30,9 @@ def _spectra(n=3, batch=2, frames=30, dtype=torch.float32):
     return [torch.randn(batch, frames, 161, 2, generator=g, dtype=dtype) * 0.5 for _ in range(n)]
 
 
-def test_streaming_steps_equal_forward_at_any_r_and_t():
-    m = _corrector()
+@pytest.mark.parametrize("predict", ["velocity", "clean"])
+def test_streaming_steps_equal_forward_at_any_r_and_t(predict):
+    m = _corrector(predict=predict)
     z, est, noisy = _spectra()
     frames = m.pack(z, est, noisy)  # [B, T, F, 6]
     r, t = torch.tensor([0.05, 0.4]), torch.tensor([0.9, 0.4])
@@ -69,6 +70,16 @@ def test_cost_of_the_sizes_and_the_output_starts_at_zero():
     z, est, noisy = _spectra(batch=1)
     with torch.no_grad():
         assert torch.equal(meanflow.one_step(fresh, est, noisy), est), "eps = 0 at initialisation passes the student's estimate through"
+    clean = build("corrector", **TINY, predict="clean")
+    eps = torch.randn_like(est)
+    c = clean.config
+    with torch.no_grad():
+        assert torch.allclose(meanflow.one_step(clean, est, noisy), est, atol=1e-6)
+        seeded = meanflow.one_step(clean, est, noisy, eps)
+    assert torch.allclose(seeded, est + c.t_eps * c.sigma_max * eps, atol=1e-5), "predict=clean: the path noise passes through in closed form"
+    with torch.no_grad():
+        velocity_seeded = meanflow.one_step(fresh, est, noisy, eps)
+    assert torch.allclose(velocity_seeded, est + c.sigma_max * eps, atol=1e-5), "predict=velocity starts by keeping all of it"
 
 
 def test_path_endpoints_and_velocity():

@@ -27,7 +27,7 @@ from distill.models import build, cost
 from export import c_reference
 from export.build import ExportError, Options
 from export.calibration import frames
-from export.chain import reference, run
+from export.chain import parts, reference, run, section, torch_runner
 from runtime import report
 from runtime.backends import SESSIONS, ChainRunner, IntegerSession, LiteRTSession, open_runner
 from runtime.bundle import MANIFEST, Bundle, BundleError, seal
@@ -73,6 +73,23 @@ def chain_bundle(chain_checkpoint, small_devset, tmp_path_factory):
             "--pesq-budget", "5", "--sisdr-budget", "50", "--calibration-frames", "60", "--golden-frames", "20", "--allow-bad-model"]  # fmt: skip
     assert cli.main(args) == 0
     return root / "bundle"
+
+
+@pytest.mark.parametrize("predict", ["velocity", "clean"])
+def test_stage_graphs_step_as_the_pytorch_chain(predict):
+    """What every format is converted from: the stage modules, called frame by frame as the
+    bundle's protocol calls them, against the offline chain, for both output parametrisations."""
+    torch.manual_seed(1)
+    corrector = build("corrector", **TINY, predict=predict).eval()
+    with torch.no_grad():
+        for p in corrector.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    chain = meco.Chain(build("student-30k").eval(), corrector, "seeded", SEED).eval()
+    graphs = parts(chain)
+    spec = (np.random.default_rng(4).standard_normal((40, 161, 2)) * 0.3).astype(np.float32)
+    mine, ref = run(torch_runner(chain, section(chain, graphs), graphs), spec), reference(chain, spec)
+    for k in ("mask", "corrected", "enhanced"):
+        assert np.abs(mine[k] - ref[k]).max() < 1e-4, k
 
 
 def _signal(seed: int, n: int = 12000) -> np.ndarray:
