@@ -166,11 +166,9 @@ def gated_config_header(bundle: Bundle) -> str:
     if order[len(always) :] != branches or always[:1] != ["trunk"] or any(n not in ("trunk", "policy") for n in always):
         raise ExportError(f"gating.order {order}: the C loop calls the trunk (and a version-1 policy), then branch0 .. branch{g['branches'] - 1}")
     files = bundle.parts("tflite", "int8io")
+    if why := loop_blocker(files):
+        raise ExportError(why)
     spec = {n: {t["name"]: t for t in [*f.io["inputs"], *f.io["outputs"]]} for n, f in files.items()}
-    for n, tensors in spec.items():
-        for t in tensors.values():
-            if t["dtype"] != "int8" or "scale" not in t:
-                raise ExportError(f"{n}.int8io.tflite: {t['name']} is {t['dtype']}; the C loop (firmware/) takes quantised int8 tensors only")
     owner = {s: name for name, p in g["parts"].items() for s in p["states"]}
     size: dict[str, int] = {}  # a value keeps its name from the part that makes it to every part that reads it
     for n, tensors in spec.items():
@@ -275,16 +273,27 @@ CHAIN_INPUTS = {"student": ("features",), "corrector": ("estimate", "noisy", "ep
 CHAIN_OUTPUTS = {"student": "z", "corrector": "corrected"}
 
 
+def loop_blocker(files: dict) -> str | None:
+    """Why the C loop cannot run a bundle's int8io files (``{name: BundleFile}``): the first tensor
+    that is not quantised int8 (the int8 quality budget may have needed int16 activations), or None."""
+    for n, f in files.items():
+        io = f.io  # a part's: inputs, outputs (lists); a plain model's: input, output, states, state_outputs (by name)
+        single = [io[k] for k in ("input", "output") if k in io] + [t for k in ("states", "state_outputs") for t in io.get(k, {}).values()]
+        for t in [*io.get("inputs", []), *io.get("outputs", []), *single]:
+            if t["dtype"] != "int8" or "scale" not in t:
+                return f"{n}.int8io.tflite: {t['name']} is {t['dtype']}; the C loop (firmware/) takes quantised int8 tensors only"
+    return None
+
+
 def _int8_io(bundle: Bundle, section: str) -> dict[str, dict[str, dict]]:
     """Per part of a gated or two-stage bundle, its int8io file's tensors by name (inputs and
     outputs), refused in one line unless every one is quantised int8."""
     from export.build import ExportError
 
-    spec = {n: {t["name"]: t for t in [*f.io["inputs"], *f.io["outputs"]]} for n, f in bundle.parts("tflite", "int8io").items()}
-    for n, tensors in spec.items():
-        for t in tensors.values():
-            if t["dtype"] != "int8" or "scale" not in t:
-                raise ExportError(f"{n}.int8io.tflite: {t['name']} is {t['dtype']}; the C loop (firmware/) takes quantised int8 tensors only")
+    files = bundle.parts("tflite", "int8io")
+    if why := loop_blocker(files):
+        raise ExportError(why)
+    spec = {n: {t["name"]: t for t in [*f.io["inputs"], *f.io["outputs"]]} for n, f in files.items()}
     if "integer_io" not in bundle.manifest[section]:
         raise ExportError(f"{section}.integer_io is missing: the manifest does not say how its int8io parts are chained; re-export the bundle")
     return spec

@@ -92,6 +92,25 @@ def test_stage_graphs_step_as_the_pytorch_chain(predict):
         assert np.abs(mine[k] - ref[k]).max() < 1e-4, k
 
 
+def test_stages_quantised_to_int16_export_without_the_c_loop(chain_checkpoint, small_devset, tmp_path, monkeypatch, capsys):
+    """When the int8 budget holds only with int16 activations, the bundle is still written, with
+    its int16 stages and golden vectors; the C loop, which takes int8 tensors only, is left out
+    and the manifest says why."""
+    import export.chain as chain_export
+
+    monkeypatch.setitem(chain_export.ATTEMPTS, "tflite", [("int16 activations", 16, None)])
+    out = tmp_path / "b16"
+    args = ["--checkpoint", str(chain_checkpoint), "--out", str(out), "--devset", str(small_devset), "--formats", "tflite", "--pesq-budget", "5",
+            "--sisdr-budget", "50", "--calibration-frames", "30", "--golden-frames", "10", "--allow-bad-model"]  # fmt: skip
+    assert cli.main(args) == 0
+    assert "firmware: no C loop (student.int8io.tflite: features is int16" in capsys.readouterr().out
+    m = json.loads((out / MANIFEST).read_text())
+    assert m["verification"]["c_loop"] == {"written": False, "why": "student.int8io.tflite: features is int16; the C loop (firmware/) takes quantised int8 tensors only"}
+    assert not (out / "firmware").exists() and (out / "golden").is_dir()
+    assert "denoise_chain_replay" not in (out / "README.md").read_text()
+    Bundle(out)
+
+
 def _signal(seed: int, n: int = 12000) -> np.ndarray:
     return level_jumps(np.random.default_rng(seed), n)
 
