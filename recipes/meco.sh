@@ -6,6 +6,9 @@
 # assets/checkpoints/student.pt; SIZE=xs|s|m picks the corrector's width (default s). The run
 # resumes where it stopped, so the recipe can be interrupted (Ctrl-C) and started again with the
 # same command; extra options go to the training (e.g. --stop-at 2000 to stop early, --device cuda).
+# A resumed run keeps the corrector it was started with (its options come from its last.pt): give a
+# run with other model options its own NAME (default meco-SIZE), e.g.
+#   NAME=meco-xs-clean SIZE=xs bash recipes/meco.sh DATA_DIR assets/checkpoints/student.pt runs --predict clean
 #
 # The mixer is the one the shipped student was trained with (recipes/realworld.sh: rooms from
 # DATA_DIR/rir and simulated ones, every augmentation at its default, SNR -10...25 dB, level
@@ -22,10 +25,11 @@ RUNS=${3:-runs}
 shift $(($# < 3 ? $# : 3))
 PY=${PY:-.venv/bin/python}
 SIZE=${SIZE:-s}
-OUT="$RUNS/meco-$SIZE"
-STATE="recipes/state/meco-$SIZE"
+NAME=${NAME:-meco-$SIZE}  # the run's folder under RUNS and under recipes/state
+OUT="$RUNS/$NAME"
+STATE="recipes/state/$NAME"
 
-# A run that spans sittings keeps its state in recipes/state/meco-SIZE (committed): SAVE_STATE=1
+# A run that spans sittings keeps its state in recipes/state/NAME (committed): SAVE_STATE=1
 # copies it there (compact: no optimiser moments), and a fresh clone continues from it.
 if [ "${SAVE_STATE:-0}" = 1 ]; then
     mkdir -p "$STATE" && cp "$OUT"/{args.json,train.csv,val.csv} "$STATE/"
