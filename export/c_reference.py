@@ -285,6 +285,16 @@ def loop_blocker(files: dict) -> str | None:
     return None
 
 
+def skip_loop(files: dict, verification: dict, log) -> bool:
+    """True, with the reason logged and recorded in ``verification["c_loop"]``, when the C loop
+    cannot run these int8io files (``loop_blocker``); the bundle is then written without it."""
+    why = loop_blocker(files)
+    if why:
+        log(f"firmware: no C loop ({why})")
+        verification["c_loop"] = {"written": False, "why": why}
+    return why is not None
+
+
 def _int8_io(bundle: Bundle, section: str) -> dict[str, dict[str, dict]]:
     """Per part of a gated or two-stage bundle, its int8io file's tensors by name (inputs and
     outputs), refused in one line unless every one is quantised int8."""

@@ -359,10 +359,7 @@ def build_gated(model: nn.Module, checkpoint_info: dict, out: Path, opt: Options
         c_models(out, graphs["tflite"], add)
         _golden(out, spec[: opt.golden_frames], runner(open_bundle(), "tflite", "int8"), files, add)
         _golden_integer(out, spec[: opt.golden_frames], open_bundle(), files, add)
-        if why := c_reference.loop_blocker(open_bundle().parts("tflite", "int8io")):
-            log(f"firmware: no C loop ({why})")
-            verification["c_loop"] = {"written": False, "why": why}
-        else:
+        if not c_reference.skip_loop(open_bundle().parts("tflite", "int8io"), verification, log):
             log("firmware: the C loop around the int8io parts (firmware/) and its golden audio")
             c_reference.write_gated(out, integer_runner(open_bundle()), opt.parity_audio, add)
         write_manifest(verification)  # the TFLM check reads the bundle as firmware's build would: sealed, checksums verified

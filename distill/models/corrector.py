@@ -183,6 +183,8 @@ class Corrector(nn.Module):
         """u from the last layer's output, per ``predict``; t broadcasts against the spectra."""
         if self.config.predict == "velocity":
             return out
+        if isinstance(t, (int, float)) and t == 1:  # the inference point: no division in an exported graph's every frame
+            return z - est - out
         return (z - est - out) / t
 
     def initial_state(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
