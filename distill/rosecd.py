@@ -38,7 +38,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from distill import checkpoint, evaluate, sde as sdes
+from distill import checkpoint, evaluate, sde as sdes, train
 from distill.augment import NONE, AugmentConfig
 from distill.data import AudioFolder, MixConfig, MixtureSampler, PairedSampler, SyntheticSampler
 from distill.distributed import step_seed
@@ -288,6 +288,9 @@ def fit(args) -> int:
     target.requires_grad_(False)
     optimizer = torch.optim.Adam(online.parameters(), lr=args.lr)
     step, best = 0, -math.inf
+    # A compact resume state (distill.checkpoint compact) has no optimiser moments: as in distill.train,
+    # fresh ones start at that step under a short re-warm-up.
+    reset_at = train.moments_reset_at(state)
     if state is None:
         target.update_parameters(online)  # the EMA starts at the initial weights (the teacher's, for a student)
     else:
@@ -297,7 +300,7 @@ def fit(args) -> int:
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
         else:
-            print(f"{last} holds no optimiser moments: fresh ones from step {step}")
+            print(f"{last} holds no optimiser moments: fresh ones from step {step}, learning rate re-warmed over {train.REWARM} steps")
         print(f"resuming {last} at step {step}")
     objective = Objective(args, online, target, teacher)
     c = cost(online)
@@ -324,7 +327,8 @@ def fit(args) -> int:
 
     def save(path: Path) -> None:
         checkpoint.save(path, target.module, online=online.state_dict(), ema_count=int(target.n_averaged), optimizer=optimizer.state_dict(),
-                        step=step, best_val_sisdr=best, train_args=vars(args), cost={"params": c.params, "macs_per_frame": c.macs_per_frame})  # fmt: skip
+                        step=step, best_val_sisdr=best, train_args=vars(args), cost={"params": c.params, "macs_per_frame": c.macs_per_frame},
+                        **({"moments_reset_at": reset_at} if reset_at is not None else {}))  # fmt: skip
 
     stop = {"now": False}
 
@@ -341,7 +345,7 @@ def fit(args) -> int:
             noisy, clean = (torch.from_numpy(a) for a in sampler.batch(step, args.batch))
             generator = torch.Generator().manual_seed(step_seed(args.seed, step, 0))
             for group in optimizer.param_groups:
-                group["lr"] = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+                group["lr"] = args.lr * min(1.0, (step + 1) / max(1, args.warmup)) * train.rewarm_factor(step, reset_at)
             terms = objective(noisy, clean, generator)
             loss = sum(terms.values())  # scalar
             optimizer.zero_grad(set_to_none=True)

@@ -12,10 +12,15 @@
 #      steps (60 and 20 network evaluations) and with one evaluation, against the three students.
 #
 # Lengths (environment): TEACHER_STEPS (default 60000), STUDENT_STEPS (10000), LIMIT (files of each
-# set at evaluation; empty: all). Measured on a 2-core CPU beside two other trainings (batches of
-# 8 x 2 s): the default U-Net at 3-4.5 s per teacher step, the (8, 16, 32) one of docs/rosecd.md at
-# 0.8-2 s per teacher step and 1.5-2.2 s per student step; the defaults are days there. Smaller
-# numbers give a first look (docs/rosecd.md: 500 + 200 steps).
+# set at evaluation; empty: all). The teacher's U-Net is TEACHER_CONFIG (default the small
+# {"channels": [8, 16, 32]}; '{}' for the model's own default, 16/32/64) at TEACHER_LR (5e-4).
+# Measured on a 2-core CPU beside two other trainings (batches of 8 x 2 s): the 16/32/64 U-Net at
+# 3-4.5 s per teacher step, the 8/16/32 one at 0.8-2 s per teacher step and 1.5-2.2 s per student
+# step; the step counts are days there. Smaller numbers give a first look (docs/rosecd.md: 500 +
+# 200 steps).
+#
+# A teacher that spans sittings keeps its state in recipes/state/rosecd-teacher (committed):
+# SAVE_STATE=1 copies it there (compact: no optimiser moments), and a fresh clone continues from it.
 set -euo pipefail
 DATA=${1:?usage: bash recipes/rosecd.sh DATA_DIR [RUNS_DIR]}
 RUNS=${2:-runs}
@@ -23,12 +28,24 @@ PY=${PY:-.venv/bin/python}
 TEACHER_STEPS=${TEACHER_STEPS:-60000}
 STUDENT_STEPS=${STUDENT_STEPS:-10000}
 LIMIT=${LIMIT:-}
+TEACHER_CONFIG=${TEACHER_CONFIG:-'{"channels": [8, 16, 32]}'}
+TEACHER_LR=${TEACHER_LR:-5e-4}
+STATE=recipes/state/rosecd-teacher
 COMMON=(--clean "$DATA/clean" --noise "$DATA/noise" --val-dir data/devset --val-files 8 --threads 1 --resume)
+
+if [ "${SAVE_STATE:-0}" = 1 ]; then
+    mkdir -p "$STATE" && cp "$RUNS/score_teacher"/{args.json,train.csv,val.csv} "$STATE/"
+    $PY -m distill.checkpoint compact "$RUNS/score_teacher/last.pt" "$STATE/last.pt"
+    exit 0
+fi
+if [ -f "$STATE/last.pt" ] && [ ! -f "$RUNS/score_teacher/last.pt" ]; then
+    mkdir -p "$RUNS/score_teacher" && cp "$STATE"/* "$RUNS/score_teacher/" && echo "restored $RUNS/score_teacher from $STATE"
+fi
 
 [ -f data/devset/meta.csv ] || $PY -m distill.devset render --clean "$DATA/clean" --noise "$DATA/noise" --out data/devset
 [ -f data/dev-ood/meta.csv ] || $PY -m distill.devset render-ood --clean "$DATA/clean" --noise "$DATA/noise" --rir "$DATA/rir" --out data/dev-ood
 
-$PY -m distill.rosecd teacher "${COMMON[@]}" --steps "$TEACHER_STEPS" --lr 2e-4 --val-every 2000 --out "$RUNS/score_teacher"
+$PY -m distill.rosecd teacher "${COMMON[@]}" --config "$TEACHER_CONFIG" --steps "$TEACHER_STEPS" --lr "$TEACHER_LR" --warmup 200 --val-every 1000 --out "$RUNS/score_teacher"
 TEACHER="$RUNS/score_teacher/last.pt"  # the EMA weights at the end; best.pt is chosen on 8 files only
 
 # PESQ term: torch-pesq where it imports (see docs/rosecd.md); --pesq-weight 0 keeps the three runs alike where it does not.

@@ -185,6 +185,22 @@ def test_stop_and_resume_equals_one_run(tmp_path):
     assert rows[0].startswith("step,time,lr,loss,loss_consistency,loss_sisdr") and len(rows) == 5
 
 
+def test_resume_from_a_compact_state_rewarms_fresh_moments(tmp_path, capsys):
+    """What recipes/state keeps of a long run (no optimiser moments) continues it, re-warmed."""
+    teacher, run = tmp_path / "teacher.pt", tmp_path / "run"
+    checkpoint.save(teacher, _tiny())
+    assert rosecd.main(_distill_args(run, teacher, 6, "--stop-at", "3", "--warmup", "1")) == 0
+    kept = checkpoint.compact(run / "last.pt", run / "last.pt")
+    assert "optimizer" not in kept and kept["moments_reset_at"] == 3 and "online" in kept
+    capsys.readouterr()
+    assert rosecd.main(_distill_args(run, teacher, 6, "--resume", "--warmup", "1")) == 0
+    assert "fresh ones from step 3" in capsys.readouterr().out
+    lr = [float(r.split(",")[2]) for r in (run / "train.csv").read_text().splitlines()[1:]]
+    assert len(lr) == 6 and lr[3] < 0.01 * lr[2] and lr[3] < lr[4] < lr[5], "the rate re-warms after the reset"
+    after = checkpoint.read(run / "last.pt")
+    assert after["step"] == 6 and after["moments_reset_at"] == 3 and "optimizer" in after
+
+
 def test_teacher_command_trains_and_validates(tmp_path):
     args = ["teacher", "--synthetic", "--config", json.dumps(TINY), "--steps", "2", "--batch", "2", "--seconds", "0.3", "--val-every", "2",
             "--val-files", "1", "--val-steps", "2", "--log-every", "1", "--threads", "1", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
