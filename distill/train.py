@@ -130,7 +130,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--loss", default="spec=1,sisdr=0.01", help="weighted supervised terms: sisdr, snr, spec, psa (snr and spec see the sign of the output; sisdr and psa do not)")
     g = p.add_argument_group("distillation (see docs/training.md: Distillation)")
     g.add_argument("--teacher", help="frozen teacher: a checkpoint (white-box), or a black box (output-level KD only): a bundle folder, a peer "
-                                      "(gtcrn, ulunas, dtln, dtln-int8 from --peers, or one of their files), rnnoise or deepfilternet3")
+                                      "(gtcrn, ulunas, dtln, dtln-int8 from --peers, or one of their files), rnnoise or deepfilternet3; a gated checkpoint with fixed gates: CKPT@1,1")
     g.add_argument("--peers", default=teachers.PEERS_DIR, metavar="DIR", help="folder of the peer models (gtcrn/, ulunas/, dtln/), relative to the working directory")
     g.add_argument("--pool", type=POSITIVE_INT, metavar="N", help="train on a fixed pool of this many mixtures, rendered once with the teacher's outputs "
                                                    "(see docs/training.md: Teachers and pools)")
@@ -202,7 +202,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         except teachers.TeacherError as e:
             p.error(str(e))
         if not spec.white_box and KDConfig(method=args.kd).needs_activations:
-            p.error(f"--kd {args.kd} matches the teacher's activations, and --teacher {args.teacher} is a black box (seen only through its output): "
+            seen = "a gated model, whose activations change with its gates" if spec.kind == "gated" else "a black box (seen only through its output)"
+            p.error(f"--kd {args.kd} matches the teacher's activations, and --teacher {args.teacher} is {seen}: "
                     f"use --kd output, dispatch, dfkd or dispatch-mssp, or a checkpoint teacher")  # fmt: skip
     if args.resume and args.force:
         p.error("--resume continues the run in --out and --force starts it over: give one")
@@ -742,7 +743,7 @@ def fit(args, ctx: distributed.Context, replaced: list[Path], weights: dict[str,
             teacher = teacher.model.to(device, memory_format=torch.channels_last)
             print(f"teacher {args.teacher}: {cost(teacher)}")
         else:
-            print(f"teacher {teacher.about}: a black box, run on every batch (--pool N renders its outputs once)")
+            print(f"teacher {teacher.about}: teaches through its output, run on every batch (--pool N renders its outputs once)")
             for w in teacher.warnings:
                 print(f"warning: {w}", file=sys.stderr)
     gated = hasattr(model, "branches")

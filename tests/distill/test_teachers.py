@@ -194,6 +194,41 @@ def test_a_one_step_score_checkpoint_teaches_through_its_own_enhance(tmp_path, c
     assert out.shape == noisy.shape and np.array_equal(out, direct), "its seeded sampler, aligned by construction"
     assert np.array_equal(teacher.enhance(noisy), out)
     assert _code(train.main, _train(tmp_path, "--teacher", str(tmp_path / "cd.pt"), "--kd", "dispatch")) == 0
-    assert "a black box" in capsys.readouterr().out
+    assert "teaches through its output" in capsys.readouterr().out
     assert _code(train.main, _train(tmp_path, "--teacher", str(tmp_path / "cd.pt"), "--kd", "gram", "--force")) == 2
     _one_error_line(capsys, "black box")
+
+
+def test_a_gated_checkpoint_teaches_with_fixed_gates_or_its_policy(small_checkpoint, tmp_path, capsys):
+    """Self-distillation of a gated student from its own full width: CKPT@1,1 runs every branch."""
+    from distill import checkpoint
+    from distill.dsp import apply_mask, istft
+
+    torch.manual_seed(0)
+    model = build("gated-student").eval()
+    path = tmp_path / "gated.pt"
+    checkpoint.save(path, model, step=1)
+    noisy, _ = _batch()
+    spec = stft(torch.from_numpy(noisy), model.config.stft)  # [B, T, F, 2]
+
+    def under(gates):
+        forced = None if gates is None else torch.tensor(gates).expand(spec.shape[0], spec.shape[1], -1)
+        with torch.no_grad():
+            return istft(apply_mask(spec, model(spec, gates=forced)[0]), model.config.stft, noisy.shape[-1]).numpy()
+
+    full, trunk = resolve(f"{path}@1,1"), resolve(f"{path}@0,0")
+    assert full.kind == "gated" and not full.white_box and full.gates == (1.0, 1.0)
+    assert len({full.identity(), trunk.identity(), resolve(str(path)).identity()}) == 3, "the gates are part of what defines the outputs"
+    np.testing.assert_allclose(full.open().enhance(noisy), under((1.0, 1.0)), atol=1e-6)
+    np.testing.assert_allclose(trunk.open().enhance(noisy), under((0.0, 0.0)), atol=1e-6)
+    np.testing.assert_allclose(resolve(str(path)).open().enhance(noisy), under(None), atol=1e-6)
+    assert np.abs(under((1.0, 1.0)) - under((0.0, 0.0))).max() > 1e-4, "the branches change the output"
+    gated_run = ["--synthetic", "--model", "gated-student", "--steps", "3", "--batch", "2", "--seconds", "0.5", "--threads", "1", "--no-progress",
+                 "--usage-target", "0.6", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert _code(train.main, [*gated_run, "--teacher", f"{path}@1,1", "--kd", "dispatch"]) == 0
+    assert "gates 1,1 fixed" in capsys.readouterr().out
+    for value, words in [(f"{path}@1", "2 branches"), (f"{path}@1,2", "0s and 1s"), (f"{small_checkpoint}@1,1", "drop the @1,1")]:
+        assert _code(train.main, [*gated_run, "--teacher", value, "--kd", "output", "--force"]) == 2
+        _one_error_line(capsys, words)
+    assert _code(train.main, [*gated_run, "--teacher", f"{path}@1,1", "--kd", "gram", "--force"]) == 2
+    _one_error_line(capsys, "a gated model")
