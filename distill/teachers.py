@@ -307,6 +307,8 @@ def resolve(text: str, peers_dir: str | os.PathLike = PEERS_DIR) -> Spec:
         return Spec(text, "bundle", path=path)
     if path.is_file():
         if path.suffix.lower() in (".onnx", ".tflite"):
+            if gates is not None:
+                raise TeacherError(f"--teacher {text}: fixed gates are for gated checkpoints, and {head} is a model file; drop the @{tail}")
             return _peer_file(text, path)
         from distill import checkpoint
 
