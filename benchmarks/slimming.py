@@ -35,7 +35,7 @@ from distill import checkpoint
 from distill.dsp import apply_mask, istft, stft
 from distill.evaluate import EvalSet, SetError, enhancer, parse_sets, read_eval_sets, score
 from distill.models import cost, gated_cost
-from distill.models.gated_crn import GatedCRN
+from distill.models.gated_crn import GatedCRN, parse_gates
 from runtime import report
 from runtime.audio import AudioError, load
 from runtime.backends import GATE_MODES, open_runner
@@ -91,12 +91,9 @@ def fixed_gates(path: Path) -> tuple[Path, tuple[float, ...] | None]:
     if not sep:
         return path, None
     try:
-        pattern = tuple(float(g) for g in gates.split(","))
-    except ValueError:
-        pattern = ()
-    if not pattern or any(g not in (0.0, 1.0) for g in pattern):
-        raise SystemExit(f"error: fixed gates are 0s and 1s separated by commas (CKPT@0,1), got {gates!r}")
-    return Path(ckpt), pattern
+        return Path(ckpt), parse_gates(gates)
+    except ValueError as e:
+        raise SystemExit(f"error: {e} (CKPT@0,1)") from None
 
 
 def gated_enhancer(model: GatedCRN, gates: str | tuple[float, ...], usage: list, macs: dict):

@@ -294,7 +294,12 @@ def resolve(text: str, peers_dir: str | os.PathLike = PEERS_DIR) -> Spec:
     path, gates = Path(text), None
     head, at, tail = text.rpartition("@")
     if at and Path(head).is_file():  # CKPT@G0,G1,...: a gated checkpoint with fixed gates
-        path, gates = Path(head), _gates(text, tail)
+        from distill.models.gated_crn import parse_gates
+
+        try:
+            path, gates = Path(head), parse_gates(tail)
+        except ValueError as e:
+            raise TeacherError(f"--teacher {text}: {e} (CKPT@1,1: every branch on)") from None
     if path.is_dir():
         from runtime.bundle import Bundle, BundleError
 
@@ -343,17 +348,6 @@ def resolve(text: str, peers_dir: str | os.PathLike = PEERS_DIR) -> Spec:
             if not (folder / rel).is_file():
                 raise TeacherError(f"--teacher {key}: {folder / rel} not found; --peers {peers_dir} is not the peer models' folder")
     return Spec(text, "peer", peer=key, peers_dir=folder)
-
-
-def _gates(text: str, pattern: str) -> tuple[float, ...]:
-    """``1,0`` -> (1., 0.). Raises TeacherError."""
-    try:
-        gates = tuple(float(g) for g in pattern.split(","))
-    except ValueError:
-        gates = ()
-    if not gates or any(g not in (0.0, 1.0) for g in gates):
-        raise TeacherError(f"--teacher {text}: fixed gates are 0s and 1s separated by commas, one per branch (CKPT@1,1: every branch on); got {pattern!r}")
-    return gates
 
 
 def checkpoint_model(path: Path) -> str:

@@ -289,6 +289,18 @@ class GatedCRN(nn.Module):
         return m
 
 
+def parse_gates(text: str) -> tuple[float, ...]:
+    """Fixed gates as written on command lines (``CKPT@1,0``): ``"1,0"`` -> (1., 0.), one 0 or 1
+    per branch. Raises ValueError."""
+    try:
+        gates = tuple(float(g) for g in text.split(","))
+    except ValueError:
+        gates = ()
+    if not gates or any(g not in (0.0, 1.0) for g in gates):
+        raise ValueError(f"fixed gates are 0s and 1s separated by commas, one per branch; got {text!r}")
+    return gates
+
+
 def gumbel_gates(logits: torch.Tensor, tau: float) -> torch.Tensor:
     """Hard 0/1 gates in the forward pass, the gradient of a Gumbel-sigmoid relaxation backward."""
     u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
