@@ -68,6 +68,9 @@ def quantize_int8(fp32: Path, out: Path, samples: list[dict[str, np.ndarray]], k
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            # 7-bit weights: x86 CPUs without VNNI multiply int8 pairs with int16 accumulators
+            # that saturate at full range, which cost the shipped student 0.3 PESQ on an AVX2 machine
+            reduce_range=True,
             nodes_to_exclude=excluded,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
@@ -75,7 +78,7 @@ def quantize_int8(fp32: Path, out: Path, samples: list[dict[str, np.ndarray]], k
     onnx.checker.check_model(model, full_check=True)
     return {
         "method": "onnxruntime quantize_static, QDQ",
-        "weights": "int8 symmetric, per output channel",
+        "weights": "int8 symmetric, per output channel, 7-bit range (reduce_range: no saturation on x86 without VNNI)",
         "activations": "int8 asymmetric, per tensor, min/max calibration",
         "calibration_frames": len(samples),
         "kept_float": {"submodules": list(keep_float), "nodes": len(excluded)},
