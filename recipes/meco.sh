@@ -31,14 +31,12 @@ STATE="recipes/state/$NAME"
 
 # A run that spans sittings keeps its state in recipes/state/NAME (committed): SAVE_STATE=1
 # copies it there (compact: no optimiser moments), and a fresh clone continues from it.
+source "$(dirname "$0")/state.sh"
 if [ "${SAVE_STATE:-0}" = 1 ]; then
-    mkdir -p "$STATE" && cp "$OUT"/{args.json,train.csv,val.csv} "$STATE/"
-    $PY -m distill.checkpoint compact "$OUT/last.pt" "$STATE/last.pt"
+    save_state "$OUT" "$STATE"
     exit 0
 fi
-if [ -f "$STATE/last.pt" ] && [ ! -f "$OUT/last.pt" ]; then
-    mkdir -p "$OUT" && cp "$STATE"/* "$OUT/" && echo "restored $OUT from $STATE"
-fi
+restore_state "$OUT" "$STATE"
 
 [ -f data/devset/meta.csv ] || $PY -m distill.devset render --clean "$DATA/clean" --noise "$DATA/noise" --out data/devset
 [ -f data/dev-ood/meta.csv ] || $PY -m distill.devset render-ood --clean "$DATA/clean" --noise "$DATA/noise" --rir "$DATA/rir" --out data/dev-ood

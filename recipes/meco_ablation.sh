@@ -28,11 +28,11 @@ STATE="recipes/state/meco-ablation-$SIZE"
 # Runs that span sittings keep their state in recipes/state/meco-ablation-SIZE (committed):
 # SAVE_STATE=1 copies it there (last.pt compact: no optimiser moments; best.pt stripped), and a
 # fresh clone continues from it.
+source "$(dirname "$0")/state.sh"
 if [ "${SAVE_STATE:-0}" = 1 ]; then
     for v in $VARIANTS; do
         [ -f "$OUT/$v/last.pt" ] || continue
-        mkdir -p "$STATE/$v" && cp "$OUT/$v"/{args.json,train.csv,val.csv} "$STATE/$v/"
-        $PY -m distill.checkpoint compact "$OUT/$v/last.pt" "$STATE/$v/last.pt"
+        save_state "$OUT/$v" "$STATE/$v"
         [ ! -f "$OUT/$v/best.pt" ] || $PY -m distill.checkpoint strip "$OUT/$v/best.pt" "$STATE/$v/best.pt"
     done
     exit 0
@@ -51,9 +51,7 @@ for v in $VARIANTS; do
         dso-clean) opts=(--predict clean) ;;
         *) echo "error: unknown variant '$v' (fm, fm-xr, dso, dso-s0, dso-clean)" >&2; exit 2 ;;
     esac
-    if [ -f "$STATE/$v/last.pt" ] && [ ! -f "$OUT/$v/last.pt" ]; then
-        mkdir -p "$OUT/$v" && cp "$STATE/$v"/* "$OUT/$v/" && echo "restored $OUT/$v from $STATE/$v"
-    fi
+    restore_state "$OUT/$v" "$STATE/$v"
     if ! grep -q "^$STEPS," "$OUT/$v/train.csv" 2>/dev/null; then
         $PY -m distill.meco train --student "$STUDENT" --size "$SIZE" --clean "$DATA/clean" --noise "$DATA/noise" \
             --rir "$DATA/rir" --snr -10 25 --level -45 -10 --seconds 2 --batch 8 --steps "$STEPS" --warmup 100 --ema 0.995 \

@@ -33,14 +33,12 @@ TEACHER_LR=${TEACHER_LR:-5e-4}
 STATE=recipes/state/rosecd-teacher
 COMMON=(--clean "$DATA/clean" --noise "$DATA/noise" --val-dir data/devset --val-files 8 --threads 1 --resume)
 
+source "$(dirname "$0")/state.sh"
 if [ "${SAVE_STATE:-0}" = 1 ]; then
-    mkdir -p "$STATE" && cp "$RUNS/score_teacher"/{args.json,train.csv,val.csv} "$STATE/"
-    $PY -m distill.checkpoint compact "$RUNS/score_teacher/last.pt" "$STATE/last.pt"
+    save_state "$RUNS/score_teacher" "$STATE"
     exit 0
 fi
-if [ -f "$STATE/last.pt" ] && [ ! -f "$RUNS/score_teacher/last.pt" ]; then
-    mkdir -p "$RUNS/score_teacher" && cp "$STATE"/* "$RUNS/score_teacher/" && echo "restored $RUNS/score_teacher from $STATE"
-fi
+restore_state "$RUNS/score_teacher" "$STATE"
 
 [ -f data/devset/meta.csv ] || $PY -m distill.devset render --clean "$DATA/clean" --noise "$DATA/noise" --out data/devset
 [ -f data/dev-ood/meta.csv ] || $PY -m distill.devset render-ood --clean "$DATA/clean" --noise "$DATA/noise" --rir "$DATA/rir" --out data/dev-ood

@@ -28,19 +28,12 @@ COMMON=(--clean "$DATA/clean" --noise "$DATA/noise" --no-augment --snr -5 20 --l
 GATED=(--usage-target 0.6 --cost-over batch --cost-weight 100 --policy-lr-scale 10)
 KD=(--kd dispatch --kd-weight 1)
 
+source "$(dirname "$0")/state.sh"
 if [ "${SAVE_STATE:-0}" = 1 ]; then
-    for r in $RUNS_ALL; do
-        [ -f "$OUT/$r/last.pt" ] || continue
-        mkdir -p "$STATE/$r" && cp "$OUT/$r"/{args.json,train.csv,val.csv} "$STATE/$r/" 2>/dev/null || true
-        $PY -m distill.checkpoint compact "$OUT/$r/last.pt" "$STATE/$r/last.pt"
-    done
+    for r in $RUNS_ALL; do save_state "$OUT/$r" "$STATE/$r"; done
     exit 0
 fi
-for r in $RUNS_ALL; do
-    if [ -f "$STATE/$r/last.pt" ] && [ ! -f "$OUT/$r/last.pt" ]; then
-        mkdir -p "$OUT/$r" && cp "$STATE/$r"/* "$OUT/$r/" && echo "restored $OUT/$r from $STATE/$r"
-    fi
-done
+for r in $RUNS_ALL; do restore_state "$OUT/$r" "$STATE/$r"; done
 [ -f data/devset/meta.csv ] || $PY -m distill.devset render --clean "$DATA/clean" --noise "$DATA/noise" --out data/devset
 
 done_at() { grep -q "^$2," "$OUT/$1/train.csv" 2>/dev/null; }  # run, step
