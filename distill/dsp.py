@@ -102,17 +102,18 @@ def apply_mask(spec: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.stack([sr * mr - si * mi, sr * mi + si * mr], dim=-1)
 
 
-def enhance(model: torch.nn.Module, wav: torch.Tensor) -> torch.Tensor:
-    """Offline enhancement over whole signals with ``model.forward``.
+def enhance(model: torch.nn.Module, wav: torch.Tensor, **forward) -> torch.Tensor:
+    """Offline enhancement over whole signals with ``model.forward`` (given ``forward``'s
+    keyword arguments, e.g. a gated model's fixed ``gates``).
 
     Shape: wav [B, L] -> [B, L]
     """
     cfg = model.config.stft
     spec = stft(wav, cfg)  # [B, T, F, 2]
-    return istft(apply_mask(spec, predict_mask(model, spec)), cfg, wav.shape[-1])
+    return istft(apply_mask(spec, predict_mask(model, spec, **forward)), cfg, wav.shape[-1])
 
 
-def predict_mask(model: torch.nn.Module, spec: torch.Tensor) -> torch.Tensor:
+def predict_mask(model: torch.nn.Module, spec: torch.Tensor, **forward) -> torch.Tensor:
     """``model.forward``'s mask. Shape: spec [B, T, F, 2] -> [B, T, F, 2]"""
-    out = model(spec)
+    out = model(spec, **forward)
     return out[0] if isinstance(out, tuple) else out  # gated models also return their gates and logits

@@ -119,6 +119,18 @@ class Teacher:
         """Shape: noisy [B, L] -> [B, L] float32"""
         raise NotImplementedError
 
+    def _in_chunks(self, noisy: np.ndarray, run) -> np.ndarray:
+        """``run`` (torch [b, L] -> [b, L]) over ``self.chunk`` signals at a time, without
+        gradients: a large teacher's activations over a whole batch would not fit.
+
+        Shape: noisy [B, L] -> [B, L] float32
+        """
+        import torch
+
+        with torch.no_grad():
+            parts = [run(torch.from_numpy(np.ascontiguousarray(noisy[i : i + self.chunk], np.float32))) for i in range(0, len(noisy), self.chunk)]
+        return torch.cat(parts).numpy()
+
     def describe(self) -> dict:
         return {"teacher": self.name, "about": self.about, "alignment": asdict(self.alignment) if self.alignment else "by construction"}
 
@@ -136,13 +148,9 @@ class WhiteBox(Teacher):
         self.about = f"checkpoint {name}: {cost(model)}"
 
     def enhance(self, noisy: np.ndarray) -> np.ndarray:
-        import torch
-
         from distill.dsp import enhance
 
-        with torch.no_grad():  # in chunks: a large teacher's activations over a whole batch would not fit
-            parts = [enhance(self.model, torch.from_numpy(np.ascontiguousarray(noisy[i : i + self.chunk], np.float32))) for i in range(0, len(noisy), self.chunk)]
-        return torch.cat(parts).numpy()
+        return self._in_chunks(noisy, lambda x: enhance(self.model, x))
 
 
 class Generative(Teacher):
@@ -157,11 +165,7 @@ class Generative(Teacher):
         self.about = f"checkpoint {name}: a {kind} model, enhancing with its own sampler"
 
     def enhance(self, noisy: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.no_grad():
-            parts = [self.model.enhance(torch.from_numpy(np.ascontiguousarray(noisy[i : i + self.chunk], np.float32))) for i in range(0, len(noisy), self.chunk)]
-        return torch.cat(parts).numpy()
+        return self._in_chunks(noisy, self.model.enhance)
 
 
 class Gated(Teacher):
@@ -181,17 +185,10 @@ class Gated(Teacher):
     def enhance(self, noisy: np.ndarray) -> np.ndarray:
         import torch
 
-        from distill.dsp import apply_mask, istft, stft
+        from distill.dsp import enhance
 
-        cfg, parts = self.model.config.stft, []
-        with torch.no_grad():
-            for i in range(0, len(noisy), self.chunk):
-                x = torch.from_numpy(np.ascontiguousarray(noisy[i : i + self.chunk], np.float32))  # [b, L]
-                spec = stft(x, cfg)  # [b, T, F, 2]
-                forced = None if self.gates is None else torch.tensor(self.gates).expand(spec.shape[0], spec.shape[1], -1)  # [b, T, K]
-                mask = self.model(spec, gates=forced)[0]  # [b, T, F, 2]
-                parts.append(istft(apply_mask(spec, mask), cfg, x.shape[-1]))
-        return torch.cat(parts).numpy()
+        forced = None if self.gates is None else torch.tensor(self.gates)[None, None]  # [1, 1, K]
+        return self._in_chunks(noisy, lambda x: enhance(self.model, x, gates=forced))
 
 
 class BlackBox(Teacher):

@@ -139,8 +139,8 @@ class GatedCRN(nn.Module):
 
     def forward(self, spec: torch.Tensor, tau: float = 1.0, gates: torch.Tensor | None = None, detach_policy: bool = False):
         """Training/offline pass. Gates are sampled (straight-through Gumbel-sigmoid at temperature
-        ``tau``) in training mode, thresholded at logit 0 in eval mode, or taken from ``gates``.
-        ``detach_policy`` stops the policy's gradients (its cost and the straight-through gates) at
+        ``tau``) in training mode, thresholded at logit 0 in eval mode, or taken from ``gates``
+        ([B, T, K] or broadcastable to it, e.g. [1, 1, K] for fixed gates). ``detach_policy`` stops the policy's gradients (its cost and the straight-through gates) at
         the trunk output it reads, so that training the policy does not reshape the trunk."""
         B, T = spec.shape[:2]
         x = self.features(spec)  # [B, 3, T, F]
@@ -152,6 +152,7 @@ class GatedCRN(nn.Module):
         logits = self.policy(spec, r.detach() if detach_policy else r)  # [B, T, K]
         if gates is None:
             gates = gumbel_gates(logits, tau) if self.training else (logits > 0).float()
+        gates = gates.expand_as(logits)  # [B, T, K]
         u = r.unflatten(-1, (self.config.channels[-1], self.bins[-1])).permute(0, 2, 1, 3)  # [B, C_L, T, F_L]
         dec_in = [None] * len(self.decoder)
         for l in reversed(range(len(self.decoder))):
