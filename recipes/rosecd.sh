@@ -12,8 +12,10 @@
 #      steps (60 and 20 network evaluations) and with one evaluation, against the three students.
 #
 # Lengths (environment): TEACHER_STEPS (default 60000), STUDENT_STEPS (10000), LIMIT (files of each
-# set at evaluation; empty: all). The teacher's U-Net is TEACHER_CONFIG (default the small
-# {"channels": [8, 16, 32]}; '{}' for the model's own default, 16/32/64) at TEACHER_LR (5e-4).
+# set at evaluation; empty: all). The students train at STUDENT_LR (1e-4) with a target network of
+# decay STUDENT_EMA (0.999; give 0.99 to runs of a few thousand steps or fewer). The teacher's
+# U-Net is TEACHER_CONFIG (default the small {"channels": [8, 16, 32]}; '{}' for the model's own
+# default, 16/32/64) at TEACHER_LR (5e-4).
 # Measured on a 2-core CPU beside two other trainings (batches of 8 x 2 s): the 16/32/64 U-Net at
 # 3-4.5 s per teacher step, the 8/16/32 one at 0.8-2 s per teacher step and 1.5-2.2 s per student
 # step; the step counts are days there. Smaller numbers give a first look (docs/rosecd.md: 500 +
@@ -28,6 +30,8 @@ PY=${PY:-.venv/bin/python}
 TEACHER_STEPS=${TEACHER_STEPS:-60000}
 STUDENT_STEPS=${STUDENT_STEPS:-10000}
 LIMIT=${LIMIT:-}
+STUDENT_LR=${STUDENT_LR:-1e-4}
+STUDENT_EMA=${STUDENT_EMA:-0.999}
 TEACHER_CONFIG=${TEACHER_CONFIG:-'{"channels": [8, 16, 32]}'}
 TEACHER_LR=${TEACHER_LR:-5e-4}
 STATE=recipes/state/rosecd-teacher
@@ -49,7 +53,7 @@ TEACHER="$RUNS/score_teacher/last.pt"  # the EMA weights at the end; best.pt is 
 # PESQ term: torch-pesq where it imports (see docs/rosecd.md); --pesq-weight 0 keeps the three runs alike where it does not.
 PESQ=(--pesq-weight 0)
 $PY -c "import torch_pesq" 2>/dev/null && PESQ=(--pesq-weight 5e-4)
-STUDENT=(--steps "$STUDENT_STEPS" --val-every 1000 "${PESQ[@]}" "${COMMON[@]}")
+STUDENT=(--steps "$STUDENT_STEPS" --lr "$STUDENT_LR" --ema "$STUDENT_EMA" --val-every 1000 "${PESQ[@]}" "${COMMON[@]}")
 $PY -m distill.rosecd distill --teacher "$TEACHER" "${STUDENT[@]}" --out "$RUNS/rosecd"
 $PY -m distill.rosecd distill --teacher "$TEACHER" --deterministic "${STUDENT[@]}" --out "$RUNS/rosecd_cd"
 $PY -m distill.rosecd ct --init "$TEACHER" "${STUDENT[@]}" --out "$RUNS/rosecd_ct"
