@@ -21,8 +21,9 @@
 # step; the step counts are days there. Smaller numbers give a first look (docs/rosecd.md: 500 +
 # 200 steps).
 #
-# A teacher that spans sittings keeps its state in recipes/state/rosecd-teacher (committed):
-# SAVE_STATE=1 copies it there (compact: no optimiser moments), and a fresh clone continues from it.
+# Runs that span sittings keep their state in recipes/state/rosecd-NAME (committed; NAME: teacher,
+# rosecd, cd, ct): SAVE_STATE=1 copies them there (compact: no optimiser moments), and a fresh
+# clone continues from them.
 set -euo pipefail
 DATA=${1:?usage: bash recipes/rosecd.sh DATA_DIR [RUNS_DIR]}
 RUNS=${2:-runs}
@@ -34,15 +35,16 @@ STUDENT_LR=${STUDENT_LR:-1e-4}
 STUDENT_EMA=${STUDENT_EMA:-0.999}
 TEACHER_CONFIG=${TEACHER_CONFIG:-'{"channels": [8, 16, 32]}'}
 TEACHER_LR=${TEACHER_LR:-5e-4}
-STATE=recipes/state/rosecd-teacher
 COMMON=(--clean "$DATA/clean" --noise "$DATA/noise" --val-dir data/devset --val-files 8 --threads 1 --resume)
 
 source "$(dirname "$0")/state.sh"
-if [ "${SAVE_STATE:-0}" = 1 ]; then
-    save_state "$RUNS/score_teacher" "$STATE"
-    exit 0
-fi
-restore_state "$RUNS/score_teacher" "$STATE"
+RUN_STATES=("score_teacher recipes/state/rosecd-teacher" "rosecd recipes/state/rosecd-rosecd" "rosecd_cd recipes/state/rosecd-cd"
+            "rosecd_ct recipes/state/rosecd-ct")
+for pair in "${RUN_STATES[@]}"; do
+    read -r run state <<< "$pair"
+    if [ "${SAVE_STATE:-0}" = 1 ]; then save_state "$RUNS/$run" "$state"; else restore_state "$RUNS/$run" "$state"; fi
+done
+[ "${SAVE_STATE:-0}" = 1 ] && exit 0
 
 [ -f data/devset/meta.csv ] || $PY -m distill.devset render --clean "$DATA/clean" --noise "$DATA/noise" --out data/devset
 [ -f data/dev-ood/meta.csv ] || $PY -m distill.devset render-ood --clean "$DATA/clean" --noise "$DATA/noise" --rir "$DATA/rir" --out data/dev-ood
