@@ -23,7 +23,7 @@
 #
 # Runs that span sittings keep their state in recipes/state/rosecd-NAME (committed; NAME: teacher,
 # rosecd, cd, ct): SAVE_STATE=1 copies them there (compact: no optimiser moments), and a fresh
-# clone continues from them.
+# clone continues the teacher from it.
 set -euo pipefail
 DATA=${1:?usage: bash recipes/rosecd.sh DATA_DIR [RUNS_DIR]}
 RUNS=${2:-runs}
@@ -38,13 +38,15 @@ TEACHER_LR=${TEACHER_LR:-5e-4}
 COMMON=(--clean "$DATA/clean" --noise "$DATA/noise" --val-dir data/devset --val-files 8 --threads 1 --resume)
 
 source "$(dirname "$0")/state.sh"
-RUN_STATES=("score_teacher recipes/state/rosecd-teacher" "rosecd recipes/state/rosecd-rosecd" "rosecd_cd recipes/state/rosecd-cd"
-            "rosecd_ct recipes/state/rosecd-ct")
-for pair in "${RUN_STATES[@]}"; do
-    read -r run state <<< "$pair"
-    if [ "${SAVE_STATE:-0}" = 1 ]; then save_state "$RUNS/$run" "$state"; else restore_state "$RUNS/$run" "$state"; fi
-done
-[ "${SAVE_STATE:-0}" = 1 ] && exit 0
+if [ "${SAVE_STATE:-0}" = 1 ]; then
+    save_state "$RUNS/score_teacher" recipes/state/rosecd-teacher
+    for run in rosecd rosecd_cd rosecd_ct; do save_state "$RUNS/$run" "recipes/state/rosecd-${run#rosecd_}"; done
+    exit 0
+fi
+# Only the teacher comes back by itself: a student belongs to the teacher it was distilled from, and
+# the teacher goes on training here. Put a kept student back by hand (cp -r recipes/state/rosecd-cd
+# runs/rosecd_cd) only to use it with that teacher.
+restore_state "$RUNS/score_teacher" recipes/state/rosecd-teacher
 
 [ -f data/devset/meta.csv ] || $PY -m distill.devset render --clean "$DATA/clean" --noise "$DATA/noise" --out data/devset
 [ -f data/dev-ood/meta.csv ] || $PY -m distill.devset render-ood --clean "$DATA/clean" --noise "$DATA/noise" --rir "$DATA/rir" --out data/dev-ood
