@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import signal
@@ -225,11 +226,26 @@ def validate(model: ScoreUNet, val, steps: int | None = None) -> Scores:
     return Scores(float(np.mean(out)), float(np.mean(gain)), float(np.mean(polarity)), None)
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 over a model's tensors by name: what a student was distilled from, unchanged when its
+    checkpoint file is compacted or copied."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def build_models(args, state: dict | None) -> tuple[ScoreUNet, ScoreUNet | None]:
     """The model to train and, for ``distill``, the frozen teacher."""
     teacher = None
     if args.cmd == "distill":
         teacher = load_score_model(args.teacher, "--teacher").requires_grad_(False)
+        kept = (state or {}).get("teacher_digest")
+        if kept is not None and kept != weights_digest(teacher):
+            raise Failure(f"{Path(args.out) / 'last.pt'} was distilled from other teacher weights than {args.teacher}'s "
+                          f"(the teacher has trained on since?); resume it with that teacher, "
+                          f"or start it again with --force instead of --resume")
     if state is not None:
         spec = state["model"]
         model = build(spec["name"], config_from_dict(spec["name"], spec["config"]))
@@ -328,7 +344,8 @@ def fit(args) -> int:
     def save(path: Path) -> None:
         checkpoint.save(path, target.module, online=online.state_dict(), ema_count=int(target.n_averaged), optimizer=optimizer.state_dict(),
                         step=step, best_val_sisdr=best, train_args=vars(args), cost={"params": c.params, "macs_per_frame": c.macs_per_frame},
-                        **({"moments_reset_at": reset_at} if reset_at is not None else {}))  # fmt: skip
+                        **({"moments_reset_at": reset_at} if reset_at is not None else {}),
+                        **({"teacher_digest": weights_digest(teacher)} if teacher is not None else {}))  # fmt: skip
 
     stop = {"now": False}
 

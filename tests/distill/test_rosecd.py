@@ -185,6 +185,22 @@ def test_stop_and_resume_equals_one_run(tmp_path):
     assert rows[0].startswith("step,time,lr,loss,loss_consistency,loss_sisdr") and len(rows) == 5
 
 
+def test_a_student_resumes_only_against_the_teacher_weights_it_started_from(tmp_path, capsys):
+    teacher, run = tmp_path / "teacher.pt", tmp_path / "run"
+    checkpoint.save(teacher, _tiny())
+    assert rosecd.main(_distill_args(run, teacher, 4, "--stop-at", "2")) == 0
+    before = (run / "last.pt").read_bytes()
+    checkpoint.save(tmp_path / "moved.pt", _tiny(seed=1))  # the teacher trained on
+    capsys.readouterr()
+    assert rosecd.main(_distill_args(run, tmp_path / "moved.pt", 4, "--resume")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other teacher weights" in err[0] and "--force" in err[0]
+    assert (run / "last.pt").read_bytes() == before
+    checkpoint.save(tmp_path / "copy.pt", checkpoint.load_model(teacher), note="another file, the same weights")
+    assert rosecd.main(_distill_args(run, tmp_path / "copy.pt", 4, "--resume")) == 0
+    assert checkpoint.read(run / "last.pt")["step"] == 4
+
+
 def test_resume_from_a_compact_state_rewarms_fresh_moments(tmp_path, capsys):
     """What recipes/state keeps of a long run (no optimiser moments) continues it, re-warmed."""
     teacher, run = tmp_path / "teacher.pt", tmp_path / "run"
