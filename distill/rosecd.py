@@ -241,11 +241,6 @@ def build_models(args, state: dict | None) -> tuple[ScoreUNet, ScoreUNet | None]
     teacher = None
     if args.cmd == "distill":
         teacher = load_score_model(args.teacher, "--teacher").requires_grad_(False)
-        kept = (state or {}).get("teacher_digest")
-        if kept is not None and kept != weights_digest(teacher):
-            raise Failure(f"{Path(args.out) / 'last.pt'} was distilled from other teacher weights than {args.teacher}'s "
-                          f"(the teacher has trained on since?); resume it with that teacher, "
-                          f"or start it again with --force instead of --resume")
     if state is not None:
         spec = state["model"]
         model = build(spec["name"], config_from_dict(spec["name"], spec["config"]))
@@ -300,6 +295,11 @@ def fit(args) -> int:
         if "online" not in state or state.get("train_args", {}).get("cmd") != args.cmd:
             raise Failure(f"{last} is not a resume state of python -m distill.rosecd {args.cmd}")
     online, teacher = build_models(args, state)
+    digest = weights_digest(teacher) if teacher is not None else None  # once: the teacher is frozen
+    if (state or {}).get("teacher_digest") not in (None, digest):
+        raise Failure(f"{last} was distilled from other teacher weights than {args.teacher}'s "
+                      f"(the teacher has trained on since?); resume it with that teacher, "
+                      f"or start it again with --force instead of --resume")
     target = AveragedModel(online, multi_avg_fn=get_ema_multi_avg_fn(args.ema))
     target.requires_grad_(False)
     optimizer = torch.optim.Adam(online.parameters(), lr=args.lr)
@@ -345,7 +345,7 @@ def fit(args) -> int:
         checkpoint.save(path, target.module, online=online.state_dict(), ema_count=int(target.n_averaged), optimizer=optimizer.state_dict(),
                         step=step, best_val_sisdr=best, train_args=vars(args), cost={"params": c.params, "macs_per_frame": c.macs_per_frame},
                         **({"moments_reset_at": reset_at} if reset_at is not None else {}),
-                        **({"teacher_digest": weights_digest(teacher)} if teacher is not None else {}))  # fmt: skip
+                        **({"teacher_digest": digest} if digest is not None else {}))  # fmt: skip
 
     stop = {"now": False}
 

@@ -140,7 +140,8 @@ class GatedCRN(nn.Module):
     def forward(self, spec: torch.Tensor, tau: float = 1.0, gates: torch.Tensor | None = None, detach_policy: bool = False):
         """Training/offline pass. Gates are sampled (straight-through Gumbel-sigmoid at temperature
         ``tau``) in training mode, thresholded at logit 0 in eval mode, or taken from ``gates``
-        ([B, T, K] or broadcastable to it, e.g. [1, 1, K] for fixed gates). ``detach_policy`` stops the policy's gradients (its cost and the straight-through gates) at
+        ([B, T, K] or broadcastable to it, e.g. [1, 1, K] for fixed gates). ``detach_policy``
+        stops the policy's gradients (its cost and the straight-through gates) at
         the trunk output it reads, so that training the policy does not reshape the trunk."""
         B, T = spec.shape[:2]
         x = self.features(spec)  # [B, 3, T, F]
